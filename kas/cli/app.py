@@ -1,0 +1,61 @@
+"""What every command shares: the lazily loaded config, and turning user errors into one line + exit 2."""
+
+from __future__ import annotations
+
+import sys
+from functools import cached_property
+from typing import Any
+
+import click
+
+from kas.config import Config, config_path, load_config
+from kas.errors import KasError
+from kas.resolver import ResolvedProfile
+
+
+class App:
+    """Per-invocation state handed to commands through ``ctx.obj``."""
+
+    def __init__(self, config_file: str | None) -> None:
+        self.config_file = config_file
+
+    @cached_property
+    def config(self) -> Config:
+        return load_config(config_path(self.config_file))
+
+    def resolve(self, *extra: dict[str, Any] | None, quiet: bool = False) -> ResolvedProfile:
+        """The one resolved profile for this invocation; its warnings go to stderr once."""
+        resolved = self.config.resolve(*extra)
+        if not quiet:
+            for warning in resolved.warnings:
+                warn(f"{self.config.path}: {warning}" if self.config.path else warning)
+        return resolved
+
+    @property
+    def config_label(self) -> str:
+        path = self.config.path
+        return str(path) if path else "(none: built-in normal profile)"
+
+
+def warn(message: str) -> None:
+    """One line on stderr that a script can tell apart from output."""
+    click.echo(f"kas: {message}", err=True)
+
+
+def fail(message: str, code: int = 2) -> None:
+    """Print ``kas: error: ...`` and exit; used for user errors found in the CLI layer itself."""
+    click.echo(f"kas: error: {message}", err=True)
+    sys.exit(code)
+
+
+class KasGroup(click.Group):
+    """A group that reports ``KasError`` as one line and its exit code, never as a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except KasError as exc:
+            click.echo(f"kas: error: {exc}", err=True)
+            ctx.exit(exc.exit_code)
+
+

@@ -1,0 +1,49 @@
+"""Dynamic shell completion: instance ids, profile names, ``--set`` keys. Cheap imports only."""
+
+from __future__ import annotations
+
+import click
+from click.shell_completion import CompletionItem
+
+from kas.profiles import KEYS, PROFILES
+
+
+def instance_ids(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[CompletionItem]:
+    """Ids from the registry, newest first; no database yet means nothing to offer."""
+    from kas.errors import KasError
+    from kas.registry import DB_NAME, Registry
+    from kas.statedir import state_dir
+
+    if not (state_dir() / DB_NAME).exists():
+        return []
+    try:
+        registry = Registry()
+    except KasError:
+        return []
+    try:
+        rows = registry.conn.execute(
+            "SELECT id, name, status FROM instances WHERE id LIKE ? ORDER BY created_at DESC LIMIT 200",
+            (incomplete + "%",),
+        ).fetchall()
+    finally:
+        registry.close()
+    return [CompletionItem(r["id"], help=f"{r['name']} ({r['status']})") for r in rows]
+
+
+def set_keys(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[CompletionItem]:
+    """``--set KEY=VALUE``: complete the key, then the choices of choice keys."""
+    if "=" in incomplete:
+        name, _, value = incomplete.partition("=")
+        key = KEYS.get(name)
+        if key is None:
+            return []
+        options = key.choices or (("true", "false") if key.kind == "bool" else ())
+        if name == "profile":
+            options = PROFILES
+        return [CompletionItem(f"{name}={o}") for o in options if o.startswith(value)]
+    names = [*KEYS, "profile"]
+    return [CompletionItem(f"{k}=", help=KEYS[k].help if k in KEYS else "") for k in names if k.startswith(incomplete)]
+
+
+def profile_names(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[CompletionItem]:
+    return [CompletionItem(p) for p in PROFILES if p.startswith(incomplete)]

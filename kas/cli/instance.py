@@ -1,0 +1,189 @@
+"""``kas instance``: what is running, at which real priority, and stopping or forgetting it."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import click
+
+from kas.cli.app import App
+from kas.cli.complete import instance_ids
+from kas.cli.output import echo_json, table
+from kas.errors import KasError
+
+
+@click.group()
+def instance() -> None:
+    """List, inspect, stop and prune the agents kas started."""
+
+
+def _open():  # type: ignore[no-untyped-def]
+    from kas.registry import Registry
+
+    return Registry()
+
+
+def _find(registry, inst_id: str):  # type: ignore[no-untyped-def]
+    inst = registry.get(inst_id)
+    if inst is None:
+        raise KasError(f"no instance '{inst_id}'; see `kas instance list --all`")
+    return inst
+
+
+def age(seconds: float) -> str:
+    """Compact age for tables: 42s, 7m, 3h, 2d."""
+    seconds = max(0, int(seconds))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def short(text: str, width: int = 40) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+@instance.command("list")
+@click.option("--all", "show_all", is_flag=True, help="Include finished instances.")
+@click.option("--json", "as_json", is_flag=True, help="A JSON list; each object has resource_profile.")
+@click.pass_obj
+def list_instances(app: App, show_all: bool, as_json: bool) -> None:
+    """List agents with their live status, niceness (NI), I/O class (IO) and autogroup nice (AG).
+
+    NI, IO and AG are read from the kernel now, not from what kas stored at launch.
+    """
+    import shlex
+
+    from kas.instances import refresh
+
+    registry = _open()
+    try:
+        views = [refresh(registry, inst) for inst in registry.list(include_finished=show_all)]
+    finally:
+        registry.close()
+    if not show_all:
+        views = [v for v in views if v.status in ("running", "starting", "pending")]
+    if as_json:
+        echo_json([v.to_json() for v in views])
+        return
+    if not views:
+        click.echo("no instances" + ("" if show_all else " running (use --all for finished ones)"))
+        return
+    now = time.time()
+    rows = []
+    for v in views:
+        root = v.procs[0] if v.procs else None
+        status = v.label if v.status != "pending" else "pending"
+        if v.inst.task_id:
+            status += f" [{v.inst.task_id}]"
+        rows.append(
+            (
+                v.inst.id,
+                v.inst.name,
+                status,
+                v.inst.resource_profile,
+                root.nice if root else "-",
+                root.io if root else "-",
+                root.autogroup_nice if root and root.autogroup_nice is not None else "-",
+                v.inst.mode,
+                age(now - (v.inst.started_at or v.inst.created_at)),
+                short(shlex.join(v.inst.argv)),
+            )
+        )
+    click.echo(
+        table(rows, ("ID", "NAME", "STATUS", "PROFILE", "NI", "IO", "AG", "MODE", "AGE", "COMMAND"))
+    )
+
+
+@instance.command("show")
+@click.argument("inst_id", metavar="ID", shell_complete=instance_ids)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_obj
+def show(app: App, inst_id: str, as_json: bool) -> None:
+    """Every stored field of one instance, plus the live priority of its process tree."""
+    import shlex
+
+    from kas.instances import refresh
+
+    registry = _open()
+    try:
+        view = refresh(registry, _find(registry, inst_id))
+    finally:
+        registry.close()
+    if as_json:
+        echo_json(view.to_json())
+        return
+    inst = view.inst
+    rows: list[tuple[str, object]] = [("id", inst.id), ("name", inst.name), ("status", view.label)]
+    if inst.resource_profile != "normal":
+        rows.append(("profile", inst.resource_profile))
+    rows += [
+        ("mode", inst.mode),
+        ("pid", inst.pid or "-"),
+        ("tmux", f"{inst.tmux_target} (socket {inst.tmux_socket or 'default'})" if inst.tmux_target else "-"),
+        ("cwd", inst.cwd),
+        ("command", shlex.join(inst.argv)),
+        ("launched as", shlex.join(inst.wrapped_argv)),
+        ("started", _when(inst.started_at)),
+        ("ended", _when(inst.ended_at)),
+        ("log", inst.log_path or "-"),
+    ]
+    if inst.wave_run:
+        rows.append(("wave", f"{inst.wave_run} wave {inst.wave_index} task {inst.task_id}"))
+    rows += [(f"setting {k}", v) for k, v in inst.settings.items()]
+    rows += [(f"env {k}", v) for k, v in inst.env.items()]
+    width = max(len(key) for key, _ in rows)
+    for key, value in rows:
+        click.echo(f"{key:<{width}}  {value}")
+    if view.procs:
+        click.echo("\nlive process tree:")
+        click.echo(
+            table(
+                (
+                    (p.pid, p.name, p.nice, p.io, "-" if p.autogroup_nice is None else p.autogroup_nice)
+                    for p in view.procs
+                ),
+                ("PID", "NAME", "NI", "IO", "AG"),
+            )
+        )
+
+
+def _when(stamp: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(stamp)) if stamp else "-"
+
+
+@instance.command("stop")
+@click.argument("inst_ids", nargs=-1, required=True, metavar="ID...", shell_complete=instance_ids)
+@click.option("--grace", default=5.0, show_default=True, help="Seconds between SIGTERM and SIGKILL.")
+@click.pass_obj
+def stop(app: App, inst_ids: tuple[str, ...], grace: float) -> None:
+    """Stop agents: SIGTERM to the process group (or the tmux pane), SIGKILL after --grace seconds."""
+    from kas.instances import stop as stop_instance
+
+    registry = _open()
+    try:
+        for inst_id in inst_ids:
+            view = stop_instance(registry, _find(registry, inst_id), grace)
+            click.echo(f"{view.inst.id}  {view.label}")
+    finally:
+        registry.close()
+
+
+@instance.command("prune")
+@click.option("--older-than", type=float, help="Only rows that ended more than this many hours ago.")
+@click.pass_obj
+def prune(app: App, older_than: float | None) -> None:
+    """Forget finished instances (exited, failed, cancelled, lost) so the registry stays small."""
+    from kas.instances import refresh
+
+    registry = _open()
+    try:
+        for inst in registry.list(include_finished=False):
+            refresh(registry, inst, probe_tree=False)
+        cutoff = time.time() - older_than * 3600 if older_than is not None else None
+        count = registry.prune(cutoff)
+    finally:
+        registry.close()
+    click.echo(f"pruned {count} finished instance(s)")
+    sys.exit(0)

@@ -1,0 +1,125 @@
+"""Find and load ``.kasmos/config.toml``; turn every TOML or value problem into a located ``ConfigError``."""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kas.errors import ConfigError
+from kas.profiles import validate_table
+from kas.resolver import ResolvedProfile, merge_tables, resolve
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised only on 3.10
+    import tomli as tomllib
+
+CONFIG_ENV = "KASMOS_CONFIG"
+CONFIG_RELPATH = Path(".kasmos") / "config.toml"
+_TOML_POS = re.compile(r"\(at line (\d+), column (\d+)\)")
+
+
+@dataclass(frozen=True)
+class Config:
+    """A loaded config: where it came from (None = no file) and its validated ``[resources]`` table."""
+
+    path: Path | None
+    resources: dict[str, Any] = field(default_factory=dict)
+    text: str = ""
+
+    def resolve(self, *extra: Mapping[str, Any] | None) -> ResolvedProfile:
+        """Resolve this config's table (plus later layers such as a plan's or ``--set``), errors located."""
+        try:
+            return resolve(merge_tables(self.resources, *extra))
+        except ConfigError as exc:
+            if self.path is None or exc.path is not None:
+                raise
+            line = key_line(self.text, exc.key) if exc.key else None
+            raise exc.located(self.path, line) from None
+
+
+def find_config(start: Path) -> Path | None:
+    """Walk up from ``start`` like git looks for ``.git``; the nearest ``.kasmos/config.toml`` wins."""
+    for directory in (start, *start.parents):
+        candidate = directory / CONFIG_RELPATH
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def config_path(explicit: str | os.PathLike[str] | None, cwd: Path | None = None) -> Path | None:
+    """``--config`` beats ``$KASMOS_CONFIG`` beats discovery; an explicit path that is missing is an error."""
+    chosen = explicit or os.environ.get(CONFIG_ENV) or None
+    if chosen:
+        path = Path(chosen).expanduser()
+        if not path.is_file():
+            source = "--config" if explicit else f"${CONFIG_ENV}"
+            raise ConfigError(f"config file not found (from {source}); create it or fix the path", path=path)
+        return path
+    return find_config((cwd or Path.cwd()).resolve())
+
+
+def parse_toml(path: Path, error: type[ConfigError] = ConfigError) -> tuple[dict[str, Any], str]:
+    """Read and parse a TOML file; syntax errors name file:line:column."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise error(f"cannot read file: {exc.strerror}", path=path) from None
+    except UnicodeDecodeError:
+        raise error("file is not UTF-8 text", path=path) from None
+    try:
+        return tomllib.loads(text), text
+    except tomllib.TOMLDecodeError as exc:
+        message = str(exc)
+        match = _TOML_POS.search(message)
+        if match:
+            line, column = int(match[1]), int(match[2])
+            message = message[: match.start()].strip()
+        else:  # "at end of document"
+            line, column = text.count("\n") + 1, None
+            message = re.sub(r"\s*\(at end of document\)", "", message) + " at end of file"
+        raise error(f"TOML syntax error: {message}", path=path, line=line, column=column) from None
+
+
+def key_line(text: str, key: str, section: str = "resources") -> int | None:
+    """Best-effort line number of ``key`` inside ``[section]`` (tomllib keeps no positions)."""
+    current = None
+    header = re.compile(r"^\s*\[+\s*([^\]]+?)\s*\]+")
+    assign = re.compile(rf"^\s*[\"']?{re.escape(key)}[\"']?\s*=")
+    for number, line in enumerate(text.splitlines(), start=1):
+        found = header.match(line)
+        if found:
+            current = found[1]
+            continue
+        if current is not None and current.startswith(section) and assign.match(line):
+            return number
+    for number, line in enumerate(text.splitlines(), start=1):
+        if re.match(rf"^\s*\[\s*{re.escape(section)}\.{re.escape(key)}\s*\]", line):
+            return number
+    return None
+
+
+def validate_resources(
+    doc: dict[str, Any], path: Path, text: str, error: type[ConfigError] = ConfigError
+) -> dict[str, Any]:
+    """Validate the ``[resources]`` table of a parsed document, locating any error in the file."""
+    if "resources" not in doc:
+        return {}
+    try:
+        return validate_table(doc["resources"])
+    except ConfigError as exc:
+        line = key_line(text, exc.key) if exc.key else None
+        raise error(exc.message, path=path, line=line, key=exc.key) from None
+
+
+def load_config(path: Path | None) -> Config:
+    """Load a config file; no file (or no ``[resources]``) is the ``normal`` profile."""
+    if path is None:
+        return Config(None, {})
+    doc, text = parse_toml(path)
+    return Config(path, validate_resources(doc, path, text), text)

@@ -1,0 +1,104 @@
+"""Live status of registered instances, and stopping them.
+
+The registry says what kas started; the kernel and tmux say what is true now. A row whose process is gone
+is settled here (exited N, or lost when nobody saw the exit), so a recycled pid never reads as running.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from kas.launch import sdk
+from kas.registry import FINISHED, Instance, Registry
+
+ACTIVE = ("starting", "running")
+
+
+@dataclass
+class LiveView:
+    """An instance as the user should see it now."""
+
+    inst: Instance
+    status: str
+    procs: list[Any] = field(default_factory=list)  # probe.ProcFacts, root first
+
+    @property
+    def label(self) -> str:
+        if self.status == "exited" and self.inst.exit_status is not None:
+            return f"exited {self.inst.exit_status}"
+        return self.status
+
+    def to_json(self) -> dict[str, Any]:
+        data = self.inst.to_json()
+        data["status"] = self.status
+        data["live"] = [p.to_json() for p in self.procs]
+        return data
+
+
+def refresh(registry: Registry, inst: Instance, *, probe_tree: bool = True) -> LiveView:
+    """Read the live state of one instance, settling rows whose process has ended."""
+    from kas import probe
+
+    if inst.status not in ACTIVE:
+        return LiveView(inst, inst.status)
+    if inst.mode == "tmux" and inst.tmux_target:
+        from kas.launch import tmux
+
+        info = tmux.pane_info(inst.tmux_socket, inst.tmux_target)
+        if info is None:
+            return settle(registry, inst, None)
+        if info.dead:
+            return settle(registry, inst, info.exit_status)
+    elif not probe.is_alive(inst.pid, inst.pid_create_time):
+        # The supervisor (or foreground kas) may have written the exit a moment ago.
+        latest = registry.get(inst.id)
+        if latest is not None and latest.status not in ACTIVE:
+            return LiveView(latest, latest.status)
+        if inst.status == "starting" and time.time() - inst.created_at < 10:
+            return LiveView(inst, "starting")
+        return settle(registry, inst, None)
+    procs = probe.process_tree(inst.pid, inst.pid_create_time) if (probe_tree and inst.pid) else []
+    return LiveView(inst, "running", procs)
+
+
+def settle(registry: Registry, inst: Instance, status: int | None) -> LiveView:
+    """Record the end of an instance whose process is gone: exited with a status, or lost."""
+    inst.status = "exited" if status is not None else "lost"
+    inst.exit_status = status
+    inst.ended_at = inst.ended_at or time.time()
+    registry.update(inst.id, status=inst.status, exit_status=status, ended_at=inst.ended_at)
+    return LiveView(inst, inst.status)
+
+
+def stop(registry: Registry, inst: Instance, grace: float = 5.0) -> LiveView:
+    """SIGTERM the agent's group (or its tmux pane's), SIGKILL after ``grace``; record how it ended."""
+    from kas import probe
+
+    if inst.status == "pending":
+        inst.status, inst.ended_at = "cancelled", time.time()
+        registry.update(inst.id, status="cancelled", ended_at=inst.ended_at)
+        return LiveView(inst, "cancelled")
+    view = refresh(registry, inst, probe_tree=False)
+    if view.status != "running" or inst.pid is None:
+        return view
+    sdk.stop_group(inst.pid, grace)
+    if inst.mode == "tmux" and inst.tmux_target:
+        from kas.launch import tmux
+
+        deadline = time.monotonic() + 2
+        info = tmux.pane_info(inst.tmux_socket, inst.tmux_target)
+        while info is not None and not info.dead and time.monotonic() < deadline:
+            time.sleep(0.02)
+            info = tmux.pane_info(inst.tmux_socket, inst.tmux_target)
+        status = info.exit_status if info else None
+        tmux.kill(inst.tmux_socket, inst.tmux_target)
+        return settle(registry, inst, status if status is not None else 143)
+    deadline = time.monotonic() + 2
+    while probe.is_alive(inst.pid, inst.pid_create_time) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    latest = registry.get(inst.id)
+    if latest is not None and latest.status in FINISHED:
+        return LiveView(latest, latest.status)
+    return settle(registry, inst, 143)

@@ -1,0 +1,44 @@
+"""The step every launch (and every dry run) shares: resolved profile + argv -> exact argv and env.
+
+Dry runs and real launches call the same function, so ``kas spawn --dry-run`` cannot drift from what runs.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from kas import platform as host
+from kas.resolver import ResolvedProfile, build_env, wrap_argv
+
+_warned: set[str] = set()
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """What will be executed: the wrapped argv, the env it adds or forces, and the wrapper alone."""
+
+    argv: list[str]
+    env: dict[str, str]
+    prefix: list[str]
+    warnings: tuple[str, ...] = field(default=())
+
+    def full_env(self, caller_env: Mapping[str, str]) -> dict[str, str]:
+        return {**caller_env, **self.env}
+
+
+def prepare(resolved: ResolvedProfile, argv: Sequence[str], caller_env: Mapping[str, str]) -> Prepared:
+    """Wrap argv and build the env for this machine; probe systemd only when the profile may use it."""
+    manager = resolved.active and resolved["cgroup"] != "off" and host.user_manager_answers()
+    wrapped = wrap_argv(resolved, argv, host.system(), host.which, user_manager=manager)
+    return Prepared(wrapped.argv, build_env(resolved, caller_env), wrapped.prefix, wrapped.warnings)
+
+
+def warn_once(messages: Sequence[str]) -> None:
+    """A missing tool is worth one line per process, not one per agent."""
+    for message in messages:
+        if message not in _warned:
+            _warned.add(message)
+            prefix = "" if message.startswith(("note:", "warning:")) else "warning: "
+            print(f"kas: {prefix}{message}", file=sys.stderr)

@@ -1,0 +1,148 @@
+"""tmux mode: one window per agent, through libtmux, on the user's server or a named socket.
+
+The window keeps its pane after the command exits (``remain-on-exit``), so the exit status can be read
+later, and a ``pane-died`` hook signals a ``wait-for`` channel so a waiter learns of the end without
+polling the screen. libtmux is imported inside the functions that need it.
+"""
+
+from __future__ import annotations
+
+import shlex
+import shutil
+import subprocess
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kas.errors import LaunchError
+
+PLACEHOLDER = "exec tail -f /dev/null"
+
+
+@dataclass(frozen=True)
+class PaneInfo:
+    """What tmux knows about an agent's pane."""
+
+    pane_id: str
+    pid: int | None
+    dead: bool
+    exit_status: int | None
+
+
+def tmux_argv(socket: str | None) -> list[str]:
+    binary = shutil.which("tmux")
+    if binary is None:
+        raise LaunchError("tmux is not installed or not on PATH; install tmux or use --mode sdk")
+    return [binary, *(["-L", socket] if socket else [])]
+
+
+def _server(socket: str | None) -> Any:
+    import libtmux
+
+    tmux_argv(socket)
+    return libtmux.Server(socket_name=socket) if socket else libtmux.Server()
+
+
+def channel(inst_id: str) -> str:
+    return f"kas-done-{inst_id}"
+
+
+def start(
+    inst_id: str,
+    argv: Sequence[str],
+    env_add: Mapping[str, str],
+    cwd: Path,
+    *,
+    socket: str | None,
+    session_name: str,
+    window_name: str,
+    log_path: Path | None = None,
+) -> PaneInfo:
+    """Open a window that runs argv; return its pane (pid = the wrapped command, thanks to ``exec``)."""
+    from libtmux.exc import LibTmuxException
+
+    server = _server(socket)
+    try:
+        session = server.sessions.get(session_name=session_name, default=None)
+        if session is None:
+            session = server.new_session(session_name=session_name, window_name="kas", attach=False)
+        # A placeholder runs until the options and hook are in place, so even `true` cannot end unseen.
+        window = session.new_window(window_name=window_name, attach=False, window_shell=PLACEHOLDER)
+        pane = window.active_pane
+        assert pane is not None
+        pane_id = pane.pane_id
+        window.set_option("remain-on-exit", "on")
+        _check(server.cmd("set-hook", "-p", "-t", pane_id, "pane-died", f"wait-for -S {channel(inst_id)}"))
+        if log_path is not None:
+            _check(server.cmd("pipe-pane", "-t", pane_id, f"cat >> {shlex.quote(str(log_path))}"))
+        env_flags = [f"-e{k}={v}" for k, v in env_add.items()]
+        command = "exec " + shlex.join(argv)
+        _check(server.cmd("respawn-pane", "-k", "-t", pane_id, "-c", str(cwd), *env_flags, command))
+    except LibTmuxException as exc:
+        raise LaunchError(f"tmux: {exc}") from None
+    info = pane_info(socket, pane_id)
+    if info is None:
+        raise LaunchError(f"tmux: the window for {window_name} vanished at once")
+    return info
+
+
+def _check(result: Any) -> Any:
+    if result.stderr:
+        from libtmux.exc import LibTmuxException
+
+        raise LibTmuxException(" ".join(result.stderr))
+    return result
+
+
+def pane_info(socket: str | None, pane_id: str) -> PaneInfo | None:
+    """Read a pane's pid and death status, or None when the pane (or the server) is gone."""
+    try:
+        done = subprocess.run(
+            [
+                *tmux_argv(socket),
+                "display-message",
+                "-p",
+                "-t",
+                pane_id,
+                "#{pane_id}|#{pane_pid}|#{pane_dead}|#{pane_dead_status}|#{pane_dead_signal}",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except LaunchError:
+        return None
+    parts = done.stdout.strip().split("|")
+    if done.returncode != 0 or len(parts) != 5 or parts[0] != pane_id:
+        return None
+    dead = parts[2] == "1"
+    status: int | None = None
+    if dead:
+        if parts[4].isdigit() and parts[4] != "0":
+            status = 128 + int(parts[4])
+        elif parts[3].lstrip("-").isdigit():
+            status = int(parts[3])
+    return PaneInfo(pane_id, int(parts[1]) if parts[1].isdigit() else None, dead, status)
+
+
+def wait(socket: str | None, inst_id: str, pane_id: str) -> int | None:
+    """Block until the pane dies (tmux signals the channel), then return its exit status."""
+    info = pane_info(socket, pane_id)
+    if info is not None and not info.dead:
+        subprocess.run([*tmux_argv(socket), "wait-for", channel(inst_id)], capture_output=True)
+    info = pane_info(socket, pane_id)
+    return info.exit_status if info else None
+
+
+def release(socket: str | None, inst_id: str) -> None:
+    """Wake a waiter blocked on the channel (used when the pane was killed and never died normally)."""
+    subprocess.run([*tmux_argv(socket), "wait-for", "-S", channel(inst_id)], capture_output=True)
+
+
+def kill(socket: str | None, pane_id: str) -> bool:
+    """Kill the agent's window; False if it was already gone."""
+    done = subprocess.run(
+        [*tmux_argv(socket), "kill-pane", "-t", pane_id], capture_output=True, text=True, timeout=10
+    )
+    return done.returncode == 0

@@ -1,0 +1,111 @@
+"""Facts about this machine that decide whether lowered priority actually holds.
+
+Each probe is cheap, reads only ``/proc``/``/sys`` or PATH, and never raises: an unreadable fact is ``None``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+PROC = Path("/proc")
+
+
+def which(name: str) -> str | None:
+    """``shutil.which`` with the current PATH; passed to the pure resolver so tests can swap it."""
+    return shutil.which(name)
+
+
+def system() -> str:
+    """``linux``, ``darwin``, ...: the resolver only needs to know whether ionice applies."""
+    return sys.platform
+
+
+def autogroup_enabled() -> bool | None:
+    """Whether the kernel groups CPU time per session (then plain nice only ranks inside a session)."""
+    try:
+        return Path("/proc/sys/kernel/sched_autogroup_enabled").read_text().strip() == "1"
+    except OSError:
+        return None
+
+
+def read_autogroup(pid: int) -> tuple[str, int] | None:
+    """The autogroup name and nice of a process, e.g. ``("/autogroup-42", 10)``."""
+    try:
+        text = (PROC / str(pid) / "autogroup").read_text().split()
+        return text[0], int(text[2])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def set_autogroup_nice(pid: int, nice: int) -> str | None:
+    """Lower the whole session group's share of CPU; return an error text instead of raising."""
+    try:
+        (PROC / str(pid) / "autogroup").write_text(str(nice))
+    except OSError as exc:
+        return f"cannot set autogroup nice of pid {pid}: {exc.strerror or exc}"
+    return None
+
+
+def cgroup_version() -> int | None:
+    """2 for the unified hierarchy, 1 for legacy/hybrid, None off Linux."""
+    root = Path("/sys/fs/cgroup")
+    if (root / "cgroup.controllers").exists():
+        return 2
+    if root.is_dir():
+        return 1
+    return None
+
+
+def read_cgroup(pid: int) -> str | None:
+    """The unified (v2) cgroup path of a process, or None if not on v2."""
+    try:
+        for line in (PROC / str(pid) / "cgroup").read_text().splitlines():
+            if line.startswith("0::"):
+                return line[3:] or "/"
+    except OSError:
+        return None
+    return None
+
+
+def user_manager_answers() -> bool:
+    """Whether ``systemd-run --user`` can reach a systemd user manager (needs its bus socket)."""
+    if not which("systemctl"):
+        return False
+    runtime = os.environ.get("XDG_RUNTIME_DIR") or f"/run/user/{os.getuid()}"
+    if not (Path(runtime) / "systemd" / "private").exists() and not (Path(runtime) / "bus").exists():
+        return False
+    try:
+        done = subprocess.run(
+            ["systemctl", "--user", "is-system-running"], capture_output=True, text=True, timeout=3
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return done.stdout.strip() in ("running", "degraded", "starting")
+
+
+def io_scheduler(path: Path) -> str | None:
+    """The active I/O scheduler of the disk holding ``path`` (``none`` means ionice has no effect)."""
+    try:
+        dev = os.stat(path).st_dev
+    except OSError:
+        return None
+    sys_dev = Path(f"/sys/dev/block/{os.major(dev)}:{os.minor(dev)}")
+    for candidate in (sys_dev, sys_dev.parent if sys_dev.exists() else None):
+        if candidate is None:
+            continue
+        queue = candidate.resolve() / "queue" / "scheduler"
+        if not queue.exists():
+            queue = candidate.resolve().parent / "queue" / "scheduler"
+        try:
+            text = queue.read_text()
+        except OSError:
+            continue
+        for word in text.split():
+            if word.startswith("["):
+                return word.strip("[]")
+        return text.strip() or None
+    return None

@@ -1,0 +1,138 @@
+"""Live facts about a process tree, read from the kernel (psutil and /proc), never from what kas stored.
+
+psutil is imported inside the functions: ``kas --help`` and ``kas profile show`` must not pay for it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from kas import platform as host
+from kas.resolver import ResolvedProfile
+
+IOCLASS_NAMES = {0: "none", 1: "realtime", 2: "best-effort", 3: "idle"}
+
+
+@dataclass
+class ProcFacts:
+    """What the kernel says about one process of an agent's tree."""
+
+    pid: int
+    name: str
+    nice: int | None
+    ionice_class: str | None
+    ionice_level: int | None
+    autogroup_nice: int | None = None
+    cgroup: str | None = None
+    problems: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def io(self) -> str:
+        """Short I/O label as ``ionice -p`` would think of it: ``be/7``, ``idle``, ``none``."""
+        if self.ionice_class is None:
+            return "-"
+        if self.ionice_class == "best-effort":
+            return f"be/{self.ionice_level}"
+        return self.ionice_class
+
+
+def read_process(proc: Any) -> ProcFacts:
+    """Read niceness, I/O class/level, autogroup and cgroup of a ``psutil.Process``."""
+    import psutil
+
+    with proc.oneshot():
+        name = proc.name()
+        nice = proc.nice()
+    io_class: str | None = None
+    io_level: int | None = None
+    if hasattr(proc, "ionice"):
+        try:
+            io = proc.ionice()
+            io_class = IOCLASS_NAMES.get(int(io.ioclass), str(io.ioclass))
+            io_level = int(io.value)
+        except (psutil.AccessDenied, OSError):
+            pass
+    group = host.read_autogroup(proc.pid)
+    return ProcFacts(
+        proc.pid,
+        name,
+        nice,
+        io_class,
+        io_level,
+        autogroup_nice=group[1] if group else None,
+        cgroup=host.read_cgroup(proc.pid),
+    )
+
+
+def process_tree(pid: int, create_time: float | None = None) -> list[ProcFacts]:
+    """Facts for ``pid`` and all its descendants; empty if it is gone (or the pid was recycled)."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        if create_time is not None and abs(root.create_time() - create_time) > 0.05:
+            return []
+        procs = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return []
+    facts = []
+    for proc in procs:
+        try:
+            facts.append(read_process(proc))
+        except psutil.Error:
+            continue
+    return facts
+
+
+def is_alive(pid: int | None, create_time: float | None) -> bool:
+    """True only for the very process kas started: a recycled pid has another start time."""
+    import psutil
+
+    if not pid:
+        return False
+    try:
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return False
+        return create_time is None or abs(proc.create_time() - create_time) <= 0.05
+    except psutil.Error:
+        return False
+
+
+def create_time(pid: int) -> float | None:
+    """The kernel's start time of ``pid``, stored so a recycled pid is never mistaken for the agent."""
+    import psutil
+
+    try:
+        return psutil.Process(pid).create_time()
+    except psutil.Error:
+        return None
+
+
+def expected_facts(resolved: ResolvedProfile, platform: str) -> dict[str, Any]:
+    """What the profile promises for every process of an agent's tree on this platform."""
+    expected: dict[str, Any] = {"nice": resolved["nice"] if resolved.active else None}
+    if resolved.active and platform.startswith("linux") and resolved["ionice_class"] != "none":
+        expected["ionice_class"] = resolved["ionice_class"]
+        if resolved["ionice_class"] == "best-effort":
+            expected["ionice_level"] = resolved["ionice_level"]
+    return expected
+
+
+def compare(facts: list[ProcFacts], expected: dict[str, Any]) -> list[ProcFacts]:
+    """Fill in ``problems`` for every process that differs from ``expected``; return those that differ."""
+    bad = []
+    for fact in facts:
+        for key, want in expected.items():
+            if want is None:
+                continue
+            got = getattr(fact, key)
+            if got != want:
+                fact.problems.append(f"{key} is {got}, profile wants {want}")
+        if fact.problems:
+            bad.append(fact)
+    return bad

@@ -1,0 +1,90 @@
+"""Shared fixtures: a private state dir and project per test, and a private tmux server.
+
+Nothing here touches the user's real state directory or default tmux server.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test gets its own state dir, HOME and an empty project as cwd; no inherited kas config."""
+    state = tmp_path / "state"
+    monkeypatch.setenv("KAS_STATE_DIR", str(state))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    for var in ("KASMOS_CONFIG", "KAS_TMUX_SOCKET", "KAS_TMUX_SESSION", "TMUX", "MAKEFLAGS", "GOMAXPROCS"):
+        monkeypatch.delenv(var, raising=False)
+    project = tmp_path / "project"
+    project.mkdir()
+    monkeypatch.chdir(project)
+    return project
+
+
+@pytest.fixture
+def project(isolated: Path) -> Path:
+    return isolated
+
+
+@pytest.fixture
+def write_config(project: Path) -> Callable[[str], Path]:
+    """Write ``.kasmos/config.toml`` in the test project and return its path."""
+
+    def write(text: str, where: Path | None = None) -> Path:
+        path = (where or project) / ".kasmos" / "config.toml"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(textwrap.dedent(text))
+        return path
+
+    return write
+
+
+@pytest.fixture
+def interactive(write_config: Callable[[str], Path]) -> Path:
+    return write_config('[resources]\nprofile = "interactive"\n')
+
+
+@pytest.fixture
+def tmux_socket(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A private tmux server (tmux -L <unique>), killed in teardown."""
+    if shutil.which("tmux") is None:
+        pytest.skip("tmux not installed")
+    name = f"kas-test-{uuid.uuid4().hex[:8]}"
+    monkeypatch.setenv("KAS_TMUX_SOCKET", name)
+    yield name
+    subprocess.run(["tmux", "-L", name, "kill-server"], capture_output=True)
+
+
+@pytest.fixture
+def kas(script_runner, project: Path):  # type: ignore[no-untyped-def]
+    """Run the installed ``kas`` console script in a subprocess, in the test project."""
+
+    def run(*args: str, **kwargs):  # type: ignore[no-untyped-def]
+        kwargs.setdefault("cwd", project)
+        return script_runner.run(["kas", *args], **kwargs)
+
+    return run
+
+
+def assert_user_error(result, *fragments: str, code: int = 2) -> None:  # type: ignore[no-untyped-def]
+    """A user error: the exit code, one line naming the problem, and no traceback."""
+    assert result.returncode == code, (result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("kas: error:")]
+    assert len(lines) == 1, result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+PYTHON = sys.executable
+os.environ.setdefault("PYTHONDONTWRITEBYTECODE", "1")
