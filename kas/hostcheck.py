@@ -65,7 +65,9 @@ def tool_findings(platform: str, which: Callable[[str], str | None], mode: str) 
         found.append(Finding("ionice on PATH", "info", f"not used on {platform}"))
     tmux = which("tmux")
     missing = "fail" if mode == "tmux" else "warn"
-    found.append(Finding("tmux on PATH", "ok" if tmux else missing, tmux or "not found: needed for tmux mode"))
+    found.append(
+        Finding("tmux on PATH", "ok" if tmux else missing, tmux or "not found: needed for tmux mode")
+    )
     return found
 
 

@@ -192,7 +192,7 @@ def validate_table(table: Any, *, section: str = "resources") -> dict[str, Any]:
 def validate_env(env: Any, *, section: str = "resources.env") -> dict[str, str]:
     """Forced env values must be strings under valid, non-reserved names."""
     if not isinstance(env, dict):
-        raise ConfigError(f"[{section}] must be a table of NAME = \"value\"", key="env")
+        raise ConfigError(f'[{section}] must be a table of NAME = "value"', key="env")
     for name, value in env.items():
         if not ENV_NAME.match(name):
             raise ConfigError(f"[{section}] '{name}' is not a valid environment variable name", key=name)
@@ -200,7 +200,7 @@ def validate_env(env: Any, *, section: str = "resources.env") -> dict[str, str]:
             raise ConfigError(f"[{section}] '{name}': KASMOS_* names are reserved for kas", key=name)
         if not isinstance(value, str):
             raise ConfigError(
-                f"[{section}] {name} = {value!r} must be a string; quote it: {name} = \"{value}\"",
+                f'[{section}] {name} = {value!r} must be a string; quote it: {name} = "{value}"',
                 key=name,
             )
     return dict(env)

@@ -96,6 +96,7 @@ class Instance:
 
 
 COLUMNS = tuple(f.name for f in fields(Instance))
+INSERT_SQL = f"INSERT INTO instances ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
 
 
 def new_id() -> str:
@@ -167,10 +168,7 @@ class Registry:
                 data[key] = json.dumps(data[key])
             try:
                 with self.transaction() as conn:
-                    conn.execute(
-                        f"INSERT INTO instances ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})",
-                        [data[c] for c in COLUMNS],
-                    )
+                    conn.execute(INSERT_SQL, [data[c] for c in COLUMNS])
                 return inst
             except sqlite3.IntegrityError:
                 inst.id = new_id()

@@ -85,7 +85,7 @@ def resolve(table: Mapping[str, Any] | None) -> ResolvedProfile:
         sources.update(dict.fromkeys(preset, "preset"))
         if name == "custom" and not forced and not any(KEYS[k].control for k in table):
             raise ConfigError(
-                "profile = \"custom\" sets nothing; add keys such as nice = 10, or use profile = \"interactive\"",
+                'profile = "custom" sets nothing; add keys such as nice = 10, or use profile = "interactive"',
                 key="profile",
             )
 
@@ -95,8 +95,8 @@ def resolve(table: Mapping[str, Any] | None) -> ResolvedProfile:
     if settings["ionice_class"] == "idle" and settings["ionice_level"]:
         if sources["ionice_level"] == "override":
             raise ConfigError(
-                f"ionice_level = {settings['ionice_level']} has no meaning with ionice_class = \"idle\"; "
-                "remove ionice_level or use ionice_class = \"best-effort\"",
+                f'ionice_level = {settings["ionice_level"]} has no meaning with ionice_class = "idle"; '
+                'remove ionice_level or use ionice_class = "best-effort"',
                 key="ionice_level",
             )
         settings["ionice_level"] = 0
@@ -167,7 +167,7 @@ def wrap_argv(
         else:
             verb = "warning" if resolved["cgroup"] == "systemd" else "note"
             warnings.append(
-                f"{verb}: no systemd user manager answers; cgroup = \"{resolved['cgroup']}\" "
+                f'{verb}: no systemd user manager answers; cgroup = "{resolved["cgroup"]}" '
                 "falls back to nice/autogroup"
             )
 

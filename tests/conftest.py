@@ -71,7 +71,7 @@ def kas(script_runner, project: Path):  # type: ignore[no-untyped-def]
 
     def run(*args: str, **kwargs):  # type: ignore[no-untyped-def]
         kwargs.setdefault("cwd", project)
-        return script_runner.run(["kas", *args], **kwargs)
+        return script_runner.run([KAS, *args], **kwargs)
 
     return run
 
@@ -87,4 +87,6 @@ def assert_user_error(result, *fragments: str, code: int = 2) -> None:  # type: 
 
 
 PYTHON = sys.executable
+# Resolved once, so tests that hide tools from PATH can still run kas itself.
+KAS = shutil.which("kas") or str(Path(sys.executable).with_name("kas"))
 os.environ.setdefault("PYTHONDONTWRITEBYTECODE", "1")

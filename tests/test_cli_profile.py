@@ -117,7 +117,9 @@ def child_tree():  # type: ignore[no-untyped-def]
         proc.wait()
 
 
-def test_check_pid_matches_a_process_started_under_the_wrapper(kas, interactive, child_tree, write_config) -> None:
+def test_check_pid_matches_a_process_started_under_the_wrapper(
+    kas, interactive, child_tree, write_config
+) -> None:
     write_config('[resources]\nprofile = "interactive"\nautogroup = false\n')
     proc = child_tree(["nice", "-n", "10", "ionice", "-c", "2", "-n", "7"])
     result = kas("check", "--pid", str(proc.pid), "--json")

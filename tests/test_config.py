@@ -21,7 +21,7 @@ def test_config_is_found_in_the_nearest_parent(kas, write_config, project: Path)
 
 def test_no_config_or_no_resources_block_is_normal(kas, write_config) -> None:
     assert "profile: normal" in kas("profile", "show").stdout
-    write_config('[other]\nx = 1\n')
+    write_config("[other]\nx = 1\n")
     assert "profile: normal" in kas("profile", "show").stdout
 
 
@@ -43,24 +43,41 @@ def test_missing_explicit_config_is_an_error(kas, tmp_path: Path) -> None:
     ("text", "fragments"),
     [
         ('[resources]\nprofile = "interactive"\nnice = \n', ["config.toml:3:", "TOML syntax error"]),
-        ('[resources]\nprofile = "interactive"\ngomaxproc = 4\n', ["config.toml:3", "gomaxproc", "did you mean 'gomaxprocs'"]),
-        ('[resources]\nprofile = "fast"\n', ["config.toml:2", "unknown profile 'fast'", "normal, interactive, custom"]),
-        ('[resources]\nprofile = "interactive"\nnice = -5\n', ["config.toml:3", "nice = -5", "only ever lowers priority"]),
+        (
+            '[resources]\nprofile = "interactive"\ngomaxproc = 4\n',
+            ["config.toml:3", "gomaxproc", "did you mean 'gomaxprocs'"],
+        ),
+        (
+            '[resources]\nprofile = "fast"\n',
+            ["config.toml:2", "unknown profile 'fast'", "normal, interactive, custom"],
+        ),
+        (
+            '[resources]\nprofile = "interactive"\nnice = -5\n',
+            ["config.toml:3", "nice = -5", "only ever lowers priority"],
+        ),
         ('[resources]\nprofile = "interactive"\nnice = 25\n', ["nice = 25", "from 0 to 19"]),
         ('[resources]\nprofile = "interactive"\nnice = "10"\n', ["nice = '10'", "integer"]),
         ('[resources]\nprofile = "interactive"\nionice_class = "realtime"\n', ["realtime", "needs root"]),
         ('[resources]\nprofile = "interactive"\nionice_level = 9\n', ["ionice_level = 9", "from 0 to 7"]),
-        ('[resources]\nprofile = "custom"\nionice_class = "idle"\nionice_level = 2\n', ["config.toml:4", "ionice_level", "idle"]),
+        (
+            '[resources]\nprofile = "custom"\nionice_class = "idle"\nionice_level = 2\n',
+            ["config.toml:4", "ionice_level", "idle"],
+        ),
         ('[resources]\nprofile = "interactive"\nbuild_jobs = -1\n', ["build_jobs = -1", ">= 0"]),
         ('[resources]\nprofile = "interactive"\nexecution_mode = "docker"\n', ["execution_mode", '"tmux"']),
         ('[resources]\nprofile = "interactive"\nautogroup = 1\n', ["autogroup = 1", "true or false"]),
         ('[resources]\nprofile = "custom"\n', ["config.toml:2", "sets nothing"]),
         ('[resources]\nprofile = "interactive"\n[resources.env]\n"1BAD" = "x"\n', ["'1BAD'", "not a valid"]),
         ('[resources]\nprofile = "interactive"\n[resources.env]\nKASMOS_X = "x"\n', ["KASMOS_X", "reserved"]),
-        ('[resources]\nprofile = "interactive"\n[resources.env]\nMAKEFLAGS = 2\n', ["config.toml:4", "must be a string"]),
+        (
+            '[resources]\nprofile = "interactive"\n[resources.env]\nMAKEFLAGS = 2\n',
+            ["config.toml:4", "must be a string"],
+        ),
     ],
 )
-def test_bad_config_is_one_located_line_and_exit_2(kas, write_config, text: str, fragments: list[str]) -> None:
+def test_bad_config_is_one_located_line_and_exit_2(
+    kas, write_config, text: str, fragments: list[str]
+) -> None:
     write_config(text)
     result = kas("profile", "show")
     assert_user_error(result, *fragments)

@@ -63,7 +63,9 @@ def test_each_key_overrides_the_interactive_preset(key: str, value: object) -> N
     prof = resolve(validate_table({"profile": "interactive", key: value}))
     assert prof[key] == value
     assert prof.sources[key] == "override"
-    untouched = [k for k in PRESETS["interactive"] if k != key and not (key == "ionice_class" and k == "ionice_level")]
+    untouched = [
+        k for k in PRESETS["interactive"] if k != key and not (key == "ionice_class" and k == "ionice_level")
+    ]
     assert all(prof.sources[k] == "preset" for k in untouched)
 
 
@@ -88,7 +90,9 @@ def test_custom_that_sets_nothing_is_an_error() -> None:
 
 
 def test_keys_under_normal_are_ignored_with_a_warning_naming_them() -> None:
-    prof = resolve({"profile": "normal", "nice": 5, "gomaxprocs": 3, "env": {"A": "1"}, "execution_mode": "tmux"})
+    prof = resolve(
+        {"profile": "normal", "nice": 5, "gomaxprocs": 3, "env": {"A": "1"}, "execution_mode": "tmux"}
+    )
     assert prof["nice"] == 0 and prof["gomaxprocs"] == 0
     assert prof["execution_mode"] == "tmux"
     assert len(prof.warnings) == 1
@@ -131,7 +135,9 @@ def test_forced_env_always_wins() -> None:
 
 
 def test_merge_tables_later_wins_and_env_merges() -> None:
-    merged = merge_tables({"profile": "interactive", "nice": 5, "env": {"A": "1"}}, {"nice": 7, "env": {"B": "2"}})
+    merged = merge_tables(
+        {"profile": "interactive", "nice": 5, "env": {"A": "1"}}, {"nice": 7, "env": {"B": "2"}}
+    )
     assert merged == {"profile": "interactive", "nice": 7, "env": {"A": "1", "B": "2"}}
 
 
@@ -181,10 +187,14 @@ valid_tables = st.fixed_dictionaries(
         "cgroup": st.sampled_from(["off", "auto", "systemd"]),
         "cpu_weight": st.integers(1, 10000),
         "execution_mode": st.sampled_from(["sdk", "tmux"]),
-        "env": st.dictionaries(st.sampled_from(["MAKEFLAGS", "GOFLAGS", "FOO"]), st.text(max_size=5), min_size=1),
+        "env": st.dictionaries(
+            st.sampled_from(["MAKEFLAGS", "GOFLAGS", "FOO"]), st.text(max_size=5), min_size=1
+        ),
     },
 )
-caller_envs = st.dictionaries(st.sampled_from(["MAKEFLAGS", "GOMAXPROCS", "GOFLAGS", "CARGO_BUILD_JOBS", "X"]), st.text(max_size=5))
+caller_envs = st.dictionaries(
+    st.sampled_from(["MAKEFLAGS", "GOMAXPROCS", "GOFLAGS", "CARGO_BUILD_JOBS", "X"]), st.text(max_size=5)
+)
 
 
 @given(valid_tables, caller_envs)

@@ -1,4 +1,4 @@
-"""The ``kas`` command group. Click lives here and in the sibling modules only; they ask the library and print."""
+"""The ``kas`` command group. Click lives only in this package: commands ask the library, then print."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from kas.cli.check import check
 from kas.cli.instance import instance
 from kas.cli.profile import profile
 from kas.cli.spawn import spawn
+from kas.cli.wave import wave
 
 
 @click.group(cls=KasGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -33,5 +34,5 @@ def main(ctx: click.Context, config_file: str | None) -> None:
     ctx.obj = App(config_file)
 
 
-for command in (profile, spawn, check, instance):
+for command in (profile, spawn, check, instance, wave):
     main.add_command(command)

@@ -57,5 +57,3 @@ class KasGroup(click.Group):
         except KasError as exc:
             click.echo(f"kas: error: {exc}", err=True)
             ctx.exit(exc.exit_code)
-
-

@@ -42,8 +42,33 @@ def set_keys(ctx: click.Context, param: click.Parameter, incomplete: str) -> lis
             options = PROFILES
         return [CompletionItem(f"{name}={o}") for o in options if o.startswith(value)]
     names = [*KEYS, "profile"]
-    return [CompletionItem(f"{k}=", help=KEYS[k].help if k in KEYS else "") for k in names if k.startswith(incomplete)]
+    return [
+        CompletionItem(f"{k}=", help=KEYS[k].help if k in KEYS else "")
+        for k in names
+        if k.startswith(incomplete)
+    ]
 
 
 def profile_names(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[CompletionItem]:
     return [CompletionItem(p) for p in PROFILES if p.startswith(incomplete)]
+
+
+def plan_files(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[CompletionItem]:
+    """``*.toml`` files (and directories to descend into) under what has been typed so far."""
+    import os
+
+    head = os.path.dirname(incomplete)
+    try:
+        names = sorted(os.listdir(head or "."))
+    except OSError:
+        return []
+    items = []
+    for name in names:
+        shown = os.path.join(head, name)
+        if name.startswith(".") or not shown.startswith(incomplete):
+            continue
+        if os.path.isdir(shown):
+            items.append(CompletionItem(shown + "/", type="plain"))
+        elif name.endswith(".toml"):
+            items.append(CompletionItem(shown, type="plain"))
+    return items

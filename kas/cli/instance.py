@@ -91,9 +91,7 @@ def list_instances(app: App, show_all: bool, as_json: bool) -> None:
                 short(shlex.join(v.inst.argv)),
             )
         )
-    click.echo(
-        table(rows, ("ID", "NAME", "STATUS", "PROFILE", "NI", "IO", "AG", "MODE", "AGE", "COMMAND"))
-    )
+    click.echo(table(rows, ("ID", "NAME", "STATUS", "PROFILE", "NI", "IO", "AG", "MODE", "AGE", "COMMAND")))
 
 
 @instance.command("show")

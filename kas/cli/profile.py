@@ -9,8 +9,8 @@ import click
 
 from kas.cli.app import App
 from kas.cli.output import echo_json
-from kas.profiles import PRESETS, PROFILE_HELP, PROFILES
 from kas.launch.prepare import prepare
+from kas.profiles import PRESETS, PROFILE_HELP, PROFILES
 
 
 @click.group()
@@ -19,7 +19,9 @@ def profile() -> None:
 
 
 @profile.command("show")
-@click.option("--resolved", is_flag=True, help="Every setting with its value and source, the env and wrapper.")
+@click.option(
+    "--resolved", is_flag=True, help="Every setting with its value and source, the env and wrapper."
+)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output (always fully resolved).")
 @click.pass_obj
 def show(app: App, resolved: bool, as_json: bool) -> None:

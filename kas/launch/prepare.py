@@ -5,11 +5,15 @@ Dry runs and real launches call the same function, so ``kas spawn --dry-run`` ca
 
 from __future__ import annotations
 
+import os
+import shutil
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from kas import platform as host
+from kas.errors import LaunchError
 from kas.resolver import ResolvedProfile, build_env, wrap_argv
 
 _warned: set[str] = set()
@@ -33,6 +37,21 @@ def prepare(resolved: ResolvedProfile, argv: Sequence[str], caller_env: Mapping[
     manager = resolved.active and resolved["cgroup"] != "off" and host.user_manager_answers()
     wrapped = wrap_argv(resolved, argv, host.system(), host.which, user_manager=manager)
     return Prepared(wrapped.argv, build_env(resolved, caller_env), wrapped.prefix, wrapped.warnings)
+
+
+def ensure_command(argv: Sequence[str], cwd: Path, env: Mapping[str, str]) -> None:
+    """Fail before launch when the command cannot run: behind nice it would only show up as exit 127."""
+    if not argv:
+        raise LaunchError("no command given")
+    name = argv[0]
+    if "/" in name:
+        target = cwd / name
+        if not target.is_file():
+            raise LaunchError(f"command not found: {name} (in {cwd})")
+        if not os.access(target, os.X_OK):
+            raise LaunchError(f"permission denied: {name} is not executable")
+    elif shutil.which(name, path=env.get("PATH", os.defpath)) is None:
+        raise LaunchError(f"command not found: {name} (not on PATH)")
 
 
 def warn_once(messages: Sequence[str]) -> None:

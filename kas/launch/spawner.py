@@ -14,7 +14,7 @@ from typing import Any
 
 from kas.errors import LaunchError
 from kas.launch import sdk, tmux
-from kas.launch.prepare import Prepared, warn_once
+from kas.launch.prepare import Prepared, ensure_command, warn_once
 from kas.launch.session import apply_autogroup
 from kas.registry import Instance, Registry, new_id
 from kas.resolver import ResolvedProfile
@@ -41,7 +41,9 @@ class SpawnResult:
     exit_status: int | None = None
 
 
-def new_instance(request: SpawnRequest, resolved: ResolvedProfile, prepared: Prepared, **extra: Any) -> Instance:
+def new_instance(
+    request: SpawnRequest, resolved: ResolvedProfile, prepared: Prepared, **extra: Any
+) -> Instance:
     """The registry row for an agent, before it has a process."""
     return Instance(
         id=new_id(),
@@ -60,16 +62,16 @@ def new_instance(request: SpawnRequest, resolved: ResolvedProfile, prepared: Pre
 
 
 def spawn_instance(request: SpawnRequest, resolved: ResolvedProfile, prepared: Prepared) -> SpawnResult:
+    """Register and start one agent; a command that cannot start is an error before anything runs."""
+    ensure_command(request.argv, request.cwd, prepared.full_env(os.environ))
     registry = Registry()
     try:
+        row = registry.insert(new_instance(request, resolved, prepared))
         if request.mode == "tmux":
-            row = registry.insert(new_instance(request, resolved, prepared))
             start_tmux(registry, row, request, resolved, prepared)
             return SpawnResult(row, detached=True)
         if request.detach:
-            row = registry.insert(new_instance(request, resolved, prepared))
             return SpawnResult(start_supervised(registry, row, resolved, prepared), detached=True)
-        row = registry.insert(new_instance(request, resolved, prepared))
         return run_foreground(registry, row, request, resolved, prepared)
     finally:
         registry.close()

@@ -25,7 +25,9 @@ def main() -> int:
     registry = Registry(Path(spec["db"]))
     fd = os.open(spec["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     try:
-        proc = sdk.start(spec["argv"], spec["env"], Path(spec["cwd"]), stdin=subprocess.DEVNULL, stdout=fd, stderr=fd)
+        proc = sdk.start(
+            spec["argv"], spec["env"], Path(spec["cwd"]), stdin=subprocess.DEVNULL, stdout=fd, stderr=fd
+        )
     except LaunchError as exc:
         registry.update(spec["id"], status="failed", ended_at=time.time(), log_path=spec["log"])
         os.write(fd, f"kas: {exc}\n".encode())

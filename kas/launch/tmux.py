@@ -126,13 +126,22 @@ def pane_info(socket: str | None, pane_id: str) -> PaneInfo | None:
     return PaneInfo(pane_id, int(parts[1]) if parts[1].isdigit() else None, dead, status)
 
 
-def wait(socket: str | None, inst_id: str, pane_id: str) -> int | None:
-    """Block until the pane dies (tmux signals the channel), then return its exit status."""
-    info = pane_info(socket, pane_id)
-    if info is not None and not info.dead:
-        subprocess.run([*tmux_argv(socket), "wait-for", channel(inst_id)], capture_output=True)
-    info = pane_info(socket, pane_id)
-    return info.exit_status if info else None
+def wait(socket: str | None, inst_id: str, pane_id: str, check_every: float = 0.5) -> int | None:
+    """Block until the pane dies, then return its exit status.
+
+    The pane-died hook signals a wait-for channel, so the end is seen at once; the channel wait is cut
+    into slices with a look at the pane between them, so a missed signal can delay but never hang a run.
+    """
+    while True:
+        info = pane_info(socket, pane_id)
+        if info is None or info.dead:
+            return info.exit_status if info else None
+        try:
+            subprocess.run(
+                [*tmux_argv(socket), "wait-for", channel(inst_id)], capture_output=True, timeout=check_every
+            )
+        except subprocess.TimeoutExpired:
+            continue
 
 
 def release(socket: str | None, inst_id: str) -> None:

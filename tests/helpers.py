@@ -1,0 +1,40 @@
+"""Test helpers that wait on events (a FIFO being written) rather than sleeping."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+AGENT = str(Path(__file__).with_name("agent.py"))
+
+
+def agent_argv(report: Path, seconds: float = 30, code: int = 0) -> list[str]:
+    return [sys.executable, AGENT, str(report), str(seconds), str(code)]
+
+
+def make_fifo(path: Path) -> Path:
+    os.mkfifo(path)
+    return path
+
+
+def read_report(fifo: Path, timeout: float = 20) -> dict[str, Any]:
+    """Block until the agent writes its report into the FIFO (or fail after ``timeout``)."""
+    box: dict[str, Any] = {}
+
+    def reader() -> None:
+        with open(fifo) as handle:
+            box["text"] = handle.read()
+
+    thread = threading.Thread(target=reader, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if "text" not in box:
+        # Unblock the reader so the thread can end, then fail loudly.
+        with open(fifo, "w"):
+            pass
+        raise AssertionError(f"agent did not report within {timeout}s")
+    return json.loads(box["text"])

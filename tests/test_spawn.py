@@ -1,0 +1,138 @@
+"""Real spawning: niceness, I/O class, autogroup and env read back from real processes (both modes)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import psutil
+import pytest
+
+from kas import platform as host
+from kas.launch import tmux
+from tests.conftest import assert_user_error
+from tests.helpers import agent_argv, make_fifo, read_report
+
+
+def proc_facts(pid: int) -> tuple[int, int, int]:
+    proc = psutil.Process(pid)
+    io = proc.ionice()
+    return proc.nice(), int(io.ioclass), int(io.value)
+
+
+def list_json(kas) -> list[dict]:  # type: ignore[no-untyped-def]
+    result = kas("instance", "list", "--all", "--json")
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def spawn_reporting(kas, tmp_path: Path, *args: str, seconds: float = 30, name: str = "rep"):  # type: ignore[no-untyped-def]
+    fifo = make_fifo(tmp_path / f"{name}.fifo")
+    result = kas("spawn", *args, "--json", "--name", name, "--", *agent_argv(fifo, seconds))
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout), read_report(fifo)
+
+
+@pytest.mark.parametrize("mode", ["sdk", "tmux"])
+def test_agent_and_grandchild_run_at_the_profile_priority_with_the_build_env(
+    kas, interactive, tmp_path: Path, monkeypatch, mode: str, request
+) -> None:
+    args = ["--detach"] if mode == "sdk" else ["--mode", "tmux"]
+    if mode == "tmux":
+        request.getfixturevalue("tmux_socket")
+    monkeypatch.setenv("GOMAXPROCS", "9")
+    row, report = spawn_reporting(kas, tmp_path, *args)
+    try:
+        assert row["mode"] == mode
+        for pid in (report["pid"], report["child"]):
+            assert proc_facts(pid) == (10, psutil.IOPRIO_CLASS_BE, 7)
+        env = report["env"]
+        assert env["KASMOS_RESOURCE_PROFILE"] == "interactive"
+        assert env["MAKEFLAGS"] == "-j1" and env["CARGO_BUILD_JOBS"] == "1" and env["GOFLAGS"] == "-p=1"
+        if mode == "sdk":
+            assert env["GOMAXPROCS"] == "9"  # the caller's value is respected
+        if host.autogroup_enabled():
+            assert host.read_autogroup(report["pid"])[1] == 10
+            assert host.read_autogroup(report["child"])[1] == 10
+        listed = {r["id"]: r for r in list_json(kas)}
+        live = listed[row["id"]]
+        assert live["status"] == "running" and live["resource_profile"] == "interactive"
+        assert live["live"][0]["nice"] == 10
+        table = kas("instance", "list").stdout
+        assert row["id"] in table and "be/7" in table and "running" in table
+        shown = kas("instance", "show", row["id"]).stdout
+        assert "profile" in shown and "interactive" in shown and "live process tree" in shown
+    finally:
+        stopped = kas("instance", "stop", "--grace", "2", row["id"])
+    assert stopped.returncode == 0, stopped.stderr
+    assert not psutil.pid_exists(report["child"]) or psutil.Process(report["child"]).status() == "zombie"
+    after = {r["id"]: r for r in list_json(kas)}[row["id"]]
+    assert after["status"] == "exited" and after["exit_status"] == 143
+
+
+def test_foreground_sdk_passes_the_exit_status_through_and_records_it(kas, interactive) -> None:
+    result = kas("spawn", "--", sys.executable, "-c", "import os,sys; print(os.nice(0)); sys.exit(7)")
+    assert result.returncode == 7
+    assert result.stdout.strip() == "10"
+    [row] = list_json(kas)
+    assert row["status"] == "exited" and row["exit_status"] == 7 and row["pid"]
+
+
+def test_normal_profile_launches_without_wrapper_or_env(kas, tmp_path: Path) -> None:
+    row, report = spawn_reporting(kas, tmp_path, "--detach", seconds=0)
+    assert row["wrapped_argv"] == row["argv"]
+    assert "KASMOS_RESOURCE_PROFILE" not in report["env"] and "MAKEFLAGS" not in report["env"]
+    assert row["resource_profile"] == "normal"
+
+
+def test_missing_nice_warns_once_and_still_launches(kas, interactive, tmp_path: Path) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("ionice", "tmux"):
+        if shutil.which(tool):
+            (bin_dir / tool).symlink_to(shutil.which(tool))
+    env = {**os.environ, "PATH": str(bin_dir)}
+    fifo = make_fifo(tmp_path / "r.fifo")
+    result = kas("spawn", "--detach", "--", *agent_argv(fifo, 0), env=env)
+    report = read_report(fifo)
+    assert result.returncode == 0
+    assert result.stderr.count("nice not found") == 1
+    assert psutil.Process(os.getpid()).nice() == 0
+    assert report["env"]["KASMOS_RESOURCE_PROFILE"] == "interactive"
+
+
+def test_settings_are_read_at_launch(kas, write_config, tmp_path: Path) -> None:
+    write_config('[resources]\nprofile = "interactive"\n')
+    first, rep1 = spawn_reporting(kas, tmp_path, "--detach", name="one")
+    write_config('[resources]\nprofile = "interactive"\nnice = 15\n')
+    second, rep2 = spawn_reporting(kas, tmp_path, "--detach", name="two")
+    try:
+        assert psutil.Process(rep1["pid"]).nice() == 10
+        assert psutil.Process(rep2["pid"]).nice() == 15
+    finally:
+        kas("instance", "stop", "--grace", "1", first["id"], second["id"])
+
+
+def test_missing_command_is_a_clear_error(kas, interactive) -> None:
+    for args in (["--detach"], [], ["--mode", "tmux"]):
+        result = kas("spawn", *args, "--", "definitely-not-a-command-kas")
+        assert_user_error(result, "command not found: definitely-not-a-command-kas")
+    assert list_json(kas) == []
+
+
+def test_missing_tmux_is_a_clear_error(kas, interactive, tmp_path: Path) -> None:
+    env = {**os.environ, "PATH": str(tmp_path)}
+    result = kas("spawn", "--mode", "tmux", "--", sys.executable, "-c", "pass", env=env)
+    assert result.returncode == 2
+    assert "tmux is not installed" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_tmux_window_keeps_the_exit_status(kas, interactive, tmux_socket: str) -> None:
+    result = kas("spawn", "--mode", "tmux", "--json", "--", sys.executable, "-c", "import sys; sys.exit(4)")
+    row = json.loads(result.stdout)
+    assert tmux.wait(tmux_socket, row["id"], row["tmux_target"]) == 4
+    listed = {r["id"]: r for r in list_json(kas)}
+    assert listed[row["id"]]["status"] == "exited" and listed[row["id"]]["exit_status"] == 4
