@@ -55,8 +55,9 @@ def test_agent_and_grandchild_run_at_the_profile_priority_with_the_build_env(
         if mode == "sdk":
             assert env["GOMAXPROCS"] == "9"  # the caller's value is respected
         if host.autogroup_enabled():
-            assert host.read_autogroup(report["pid"])[1] == 10
-            assert host.read_autogroup(report["child"])[1] == 10
+            assert host.read_autogroup(report["pid"])[1] == 19
+            assert host.read_autogroup(report["child"])[1] == 19
+            assert host.read_autogroup(report["pid"])[0] != host.read_autogroup(os.getpid())[0]
         listed = {r["id"]: r for r in list_json(kas)}
         live = listed[row["id"]]
         assert live["status"] == "running" and live["resource_profile"] == "interactive"

@@ -6,6 +6,7 @@ import click
 
 from kas import __version__
 from kas.cli.app import App, KasGroup
+from kas.cli.bench import bench
 from kas.cli.check import check
 from kas.cli.instance import instance
 from kas.cli.profile import profile
@@ -34,5 +35,5 @@ def main(ctx: click.Context, config_file: str | None) -> None:
     ctx.obj = App(config_file)
 
 
-for command in (profile, spawn, check, instance, wave):
+for command in (profile, spawn, check, instance, wave, bench):
     main.add_command(command)

@@ -139,10 +139,17 @@ def show(app: App, inst_id: str, as_json: bool) -> None:
         click.echo(
             table(
                 (
-                    (p.pid, p.name, p.nice, p.io, "-" if p.autogroup_nice is None else p.autogroup_nice)
+                    (
+                        p.pid,
+                        p.name,
+                        p.nice,
+                        p.io,
+                        "-" if p.autogroup_nice is None else p.autogroup_nice,
+                        p.cgroup or "-",
+                    )
                     for p in view.procs
                 ),
-                ("PID", "NAME", "NI", "IO", "AG"),
+                ("PID", "NAME", "NI", "IO", "AG", "CGROUP"),
             )
         )
 

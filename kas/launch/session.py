@@ -6,14 +6,20 @@ from kas import platform as host
 from kas.resolver import ResolvedProfile
 
 
+def autogroup_target(resolved: ResolvedProfile) -> int:
+    """The autogroup nice the profile asks for (0 = leave the session group alone)."""
+    if not (resolved.active and resolved["autogroup"]):
+        return 0
+    return resolved["autogroup_nice"] or resolved["nice"]
+
+
 def apply_autogroup(resolved: ResolvedProfile, pid: int) -> str | None:
-    """Lower the agent session's autogroup nice to the profile's nice; return a warning text on failure.
+    """Lower the agent session's autogroup nice; return a warning text on failure, never raise.
 
     With autogroup scheduling the kernel first splits CPU between sessions, so a niced agent in its own
     session would still get a full session's share against the desktop. Raising the group's nice fixes that.
     """
-    if not (resolved.active and resolved["autogroup"] and resolved["nice"] > 0):
+    target = autogroup_target(resolved)
+    if not target or not host.system().startswith("linux") or not host.autogroup_enabled():
         return None
-    if not host.system().startswith("linux") or not host.autogroup_enabled():
-        return None
-    return host.set_autogroup_nice(pid, resolved["nice"])
+    return host.set_autogroup_nice(pid, target)

@@ -12,10 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kas import platform as host
 from kas.errors import LaunchError
 from kas.launch import sdk, tmux
 from kas.launch.prepare import Prepared, ensure_command, warn_once
-from kas.launch.session import apply_autogroup
+from kas.launch.session import apply_autogroup, autogroup_target
 from kas.registry import Instance, Registry, new_id
 from kas.resolver import ResolvedProfile
 from kas.statedir import log_path
@@ -171,9 +172,7 @@ def start_supervised(
         "env": prepared.full_env(os.environ),
         "cwd": row.cwd,
         "log": str(log),
-        "autogroup_nice": resolved["nice"]
-        if resolved.active and resolved["autogroup"] and resolved["nice"] > 0
-        else 0,
+        "autogroup_nice": autogroup_target(resolved) if host.autogroup_enabled() else 0,
     }
     proc = subprocess.Popen(
         [sys.executable, "-m", "kas.launch.supervisor"],

@@ -1,0 +1,220 @@
+"""Making lowered priority hold against other sessions: autogroup, cgroup scopes, check's verdict, bench."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import psutil
+import pytest
+
+from kas import platform as host
+from kas.hostcheck import HostFacts, host_findings, verdict
+from kas.launch.session import apply_autogroup, autogroup_target
+from kas.resolver import resolve
+from tests.conftest import KAS
+from tests.helpers import agent_argv, make_fifo, read_report
+
+linux_autogroup = pytest.mark.skipif(not host.autogroup_enabled(), reason="kernel without autogroup")
+
+
+def facts(**values) -> HostFacts:  # type: ignore[no-untyped-def]
+    base = dict(
+        platform="linux",
+        autogroup=True,
+        cgroup_version=2,
+        own_cgroup="/",
+        user_manager=False,
+        io_scheduler="mq-deadline",
+    )
+    base.update(values)
+    return HostFacts(**base)
+
+
+def test_autogroup_target_follows_the_profile() -> None:
+    assert autogroup_target(resolve({"profile": "interactive"})) == 19
+    assert autogroup_target(resolve({"profile": "interactive", "autogroup": False})) == 0
+    assert autogroup_target(resolve({"profile": "normal"})) == 0
+    assert autogroup_target(resolve({"profile": "custom", "nice": 7, "autogroup": True})) == 7
+    assert (
+        autogroup_target(resolve({"profile": "custom", "nice": 7, "autogroup": True, "autogroup_nice": 12}))
+        == 12
+    )
+
+
+@linux_autogroup
+def test_a_failed_autogroup_write_is_a_warning_not_an_error() -> None:
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    message = apply_autogroup(resolve({"profile": "interactive"}), gone.pid)
+    assert message is not None and f"pid {gone.pid}" in message
+
+
+@linux_autogroup
+def test_the_agent_session_group_is_lowered_and_the_caller_group_is_not(
+    kas, interactive, tmp_path: Path
+) -> None:
+    mine = host.read_autogroup(os.getpid())
+    fifo = make_fifo(tmp_path / "a.fifo")
+    row = json.loads(kas("spawn", "--detach", "--json", "--", *agent_argv(fifo, 30)).stdout)
+    report = read_report(fifo)
+    try:
+        assert host.read_autogroup(report["pid"])[1] == 19
+        assert host.read_autogroup(os.getpid()) == mine
+        listed = json.loads(kas("instance", "list", "--json").stdout)[0]
+        assert listed["live"][0]["autogroup_nice"] == 19
+        assert " 19 " in kas("instance", "list").stdout
+        check = json.loads(kas("check", "--pid", str(report["pid"]), "--json").stdout)
+        assert next(c for c in check["checks"] if c["name"].startswith("pid "))["status"] == "ok"
+    finally:
+        kas("instance", "stop", "--grace", "1", row["id"])
+
+
+def test_autogroup_off_runs_in_a_plain_session(kas, write_config, tmp_path: Path) -> None:
+    write_config('[resources]\nprofile = "interactive"\nautogroup = false\n')
+    fifo = make_fifo(tmp_path / "a.fifo")
+    kas("spawn", "--detach", "--", *agent_argv(fifo, 0))
+    report = read_report(fifo)
+    group = host.read_autogroup(report["pid"])
+    assert group is None or group[1] == 0 or not host.autogroup_enabled()
+
+
+@pytest.fixture
+def fake_systemd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A stand-in user manager: systemctl says running; systemd-run records its argv and runs the rest."""
+    bin_dir = tmp_path / "fakebin"
+    bin_dir.mkdir()
+    record = tmp_path / "systemd-run.args"
+    (bin_dir / "systemctl").write_text("#!/bin/sh\necho running\n")
+    (bin_dir / "systemd-run").write_text(
+        f'#!/bin/sh\nprintf "%s\\n" "$@" > {record}\nwhile [ "$1" != "--" ]; do shift; done\nshift\nexec "$@"\n'
+    )
+    for tool in ("systemctl", "systemd-run"):
+        (bin_dir / tool).chmod(0o755)
+    runtime = tmp_path / "runtime"
+    (runtime / "systemd").mkdir(parents=True)
+    (runtime / "systemd" / "private").touch()
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    return record
+
+
+def test_cgroup_auto_launches_through_a_systemd_scope_with_weights(
+    kas, write_config, fake_systemd: Path, tmp_path: Path
+) -> None:
+    write_config('[resources]\nprofile = "interactive"\ncgroup = "auto"\n')
+    dry = json.loads(kas("spawn", "--dry-run", "--json", "--", "make").stdout)
+    assert dry["argv"][:9] == [
+        "systemd-run",
+        "--user",
+        "--scope",
+        "--quiet",
+        "-p",
+        "CPUWeight=20",
+        "-p",
+        "IOWeight=20",
+        "--",
+    ]
+    assert dry["argv"][9:] == ["nice", "-n", "10", "ionice", "-c", "2", "-n", "7", "make"]
+    fifo = make_fifo(tmp_path / "c.fifo")
+    kas("spawn", "--detach", "--", *agent_argv(fifo, 0))
+    report = read_report(fifo)
+    recorded = fake_systemd.read_text().splitlines()
+    assert recorded[:4] == ["--user", "--scope", "--quiet", "-p"] and "CPUWeight=20" in recorded
+    assert psutil.Process(os.getpid()).nice() == 0
+    assert report["env"]["KASMOS_RESOURCE_PROFILE"] == "interactive"
+    verdict_row = next(
+        c for c in json.loads(kas("check", "--json").stdout)["checks"] if c["name"] == "verdict"
+    )
+    assert verdict_row["status"] == "ok" and "systemd scope" in verdict_row["detail"]
+
+
+def test_cgroup_auto_without_a_user_manager_falls_back_with_one_note(
+    kas, write_config, tmp_path: Path, monkeypatch
+) -> None:
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "no-runtime"))
+    write_config('[resources]\nprofile = "interactive"\ncgroup = "auto"\n')
+    result = kas("spawn", "--dry-run", "--", "make")
+    assert "argv:    nice -n 10" in result.stdout
+    assert result.stderr.count("falls back to nice/autogroup") == 1
+
+
+def test_verdict_for_each_kind_of_machine() -> None:
+    interactive = resolve({"profile": "interactive"})
+    nice_only = resolve({"profile": "interactive", "autogroup": False})
+    assert verdict(facts(), interactive).status == "ok"
+    bad = verdict(facts(), nice_only)
+    assert bad.status == "fail" and "autogroup = true" in bad.detail
+    assert verdict(facts(autogroup=False), nice_only).status == "ok"
+    app_cgroup = verdict(facts(own_cgroup="/user.slice/app.slice/term.scope", user_manager=True), interactive)
+    assert app_cgroup.status == "fail" and 'cgroup = "auto"' in app_cgroup.detail
+    scoped = resolve({"profile": "interactive", "cgroup": "auto"})
+    assert (
+        verdict(facts(own_cgroup="/user.slice/app.slice/term.scope", user_manager=True), scoped).status
+        == "ok"
+    )
+    assert verdict(facts(), resolve(None)).status == "warn"
+    darwin = host_findings(facts(platform="darwin"), interactive)
+    assert [f.status for f in darwin] == ["info", "ok"]
+
+
+def test_check_tells_the_truth_about_this_machine(kas, write_config) -> None:
+    write_config('[resources]\nprofile = "interactive"\nautogroup = false\n')
+    checks = {c["name"]: c for c in json.loads(kas("check", "--json").stdout)["checks"]}
+    for name in ("autogroup", "cgroup", "I/O scheduler", "verdict"):
+        assert name in checks
+    if host.autogroup_enabled():
+        assert checks["autogroup"]["detail"].startswith("on")
+        assert checks["verdict"]["status"] == "fail"
+        assert kas("check").returncode == 1
+
+
+def bench_agents() -> list[psutil.Process]:
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        if proc.info["cmdline"] and "while True: pass" in " ".join(proc.info["cmdline"]):
+            found.append(proc)
+    return found
+
+
+@pytest.mark.parametrize("mode", ["sdk", "tmux"])
+def test_bench_reports_every_case_and_cleans_up(kas, interactive, mode: str, request) -> None:
+    if mode == "tmux":
+        request.getfixturevalue("tmux_socket")
+    result = kas("bench", "responsiveness", "--agents", "2", "--frames", "10", "--mode", mode, "--json")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert [c["case"] for c in data["cases"]] == [
+        "no load",
+        "normal",
+        "nice/ionice only",
+        "profile: interactive",
+    ]
+    for case in data["cases"]:
+        assert case["frames"] == 10 and case["p50_ms"] > 0 and case["p99_ms"] >= case["p50_ms"]
+        assert (case["agent_cpu_s"] > 0) == (case["agents"] > 0)
+    assert bench_agents() == []
+    table = kas("bench", "responsiveness", "--agents", "1", "--frames", "10", "--mode", mode).stdout
+    assert "P99 ms" in table and "nice/ionice only" in table
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_bench_stops_its_agents_when_interrupted(interactive, project: Path, sig: int) -> None:
+    proc = subprocess.Popen([KAS, "bench", "responsiveness", "--agents", "2", "--frames", "300"], cwd=project,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        if "normal" in line:  # the first case with agents has begun
+            break
+    agents: list[psutil.Process] = []
+    while len(agents) < 2:
+        psutil.wait_procs([psutil.Process(proc.pid)], timeout=0.05)
+        agents = bench_agents()
+    proc.send_signal(sig)
+    assert proc.wait(timeout=30) == 130
+    gone, alive = psutil.wait_procs(agents, timeout=5)
+    assert alive == []
