@@ -133,6 +133,7 @@ class Agents:
                     socket=self.socket,
                     session_name=BENCH_SESSION,
                     window_name=f"agent{index}",
+                    prefix_len=len(prepared.prefix),
                 )
                 assert info.pid is not None
                 pid = info.pid

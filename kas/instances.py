@@ -46,9 +46,9 @@ def refresh(registry: Registry, inst: Instance, *, probe_tree: bool = True) -> L
     if inst.mode == "tmux" and inst.tmux_target:
         from kas.launch import tmux
 
-        info = tmux.pane_info(inst.tmux_socket, inst.tmux_target)
+        info = tmux.pane_info(inst.tmux_socket, inst.tmux_target, inst.id)
         if info is None:
-            return settle(registry, inst, None)
+            return settle(registry, inst, tmux.read_status(inst.id))
         if info.dead:
             return settle(registry, inst, info.exit_status)
     elif not probe.is_alive(inst.pid, inst.pid_create_time):
@@ -88,10 +88,10 @@ def stop(registry: Registry, inst: Instance, grace: float = 5.0) -> LiveView:
         from kas.launch import tmux
 
         deadline = time.monotonic() + 2
-        info = tmux.pane_info(inst.tmux_socket, inst.tmux_target)
+        info = tmux.pane_info(inst.tmux_socket, inst.tmux_target, inst.id)
         while info is not None and not info.dead and time.monotonic() < deadline:
             time.sleep(0.02)
-            info = tmux.pane_info(inst.tmux_socket, inst.tmux_target)
+            info = tmux.pane_info(inst.tmux_socket, inst.tmux_target, inst.id)
         status = info.exit_status if info else None
         tmux.kill(inst.tmux_socket, inst.tmux_target)
         return settle(registry, inst, status if status is not None else 143)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -45,6 +44,10 @@ def set_autogroup_nice(pid: int, nice: int) -> str | None:
     """Lower the whole session group's share of CPU; return an error text instead of raising."""
     try:
         (PROC / str(pid) / "autogroup").write_text(str(nice))
+    except (FileNotFoundError, ProcessLookupError):
+        if not (PROC / str(pid)).exists():
+            return None  # the agent already ended: nothing left to lower
+        return f"cannot set autogroup nice of pid {pid}: this kernel has no /proc/<pid>/autogroup"
     except OSError as exc:
         return f"cannot set autogroup nice of pid {pid}: {exc.strerror or exc}"
     return None
@@ -73,6 +76,8 @@ def read_cgroup(pid: int) -> str | None:
 
 def user_manager_answers() -> bool:
     """Whether ``systemd-run --user`` can reach a systemd user manager (needs its bus socket)."""
+    import subprocess
+
     if not which("systemctl"):
         return False
     runtime = os.environ.get("XDG_RUNTIME_DIR") or f"/run/user/{os.getuid()}"

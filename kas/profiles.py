@@ -6,7 +6,6 @@ agree on names, types and ranges.
 
 from __future__ import annotations
 
-import difflib
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -123,6 +122,8 @@ PROFILE_HELP = {
 
 def suggest(name: str, options: tuple[str, ...] | list[str]) -> str:
     """Return " (did you mean 'x'?)" for a near-miss, so a typo is a one-glance fix."""
+    import difflib
+
     close = difflib.get_close_matches(name, list(options), n=1, cutoff=0.6)
     return f" (did you mean '{close[0]}'?)" if close else ""
 

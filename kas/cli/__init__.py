@@ -6,15 +6,32 @@ import click
 
 from kas import __version__
 from kas.cli.app import App, KasGroup
-from kas.cli.bench import bench
-from kas.cli.check import check
-from kas.cli.instance import instance
-from kas.cli.profile import profile
-from kas.cli.spawn import spawn
-from kas.cli.wave import wave
+from kas.cli.lazy import LazyGroup
+
+COMMANDS = {
+    "bench": ("kas.cli.bench:bench", "Benchmarks that show whether the resource controls work here."),
+    "check": ("kas.cli.check:check", "Check that the resource controls can work on this machine."),
+    "completion": (
+        "kas.cli.completion:completion",
+        "Print the shell completion script for bash, zsh or fish.",
+    ),
+    "instance": ("kas.cli.instance:instance", "List, inspect, stop and prune the agents kas started."),
+    "profile": ("kas.cli.profile:profile", "Show the configured resource profile and the presets."),
+    "spawn": ("kas.cli.spawn:spawn", "Start CMD as an agent at the profile's CPU and I/O priority."),
+    "wave": ("kas.cli.wave:wave", "Run waves of agent tasks with at most max_parallel_wave_tasks at once."),
+}
 
 
-@click.group(cls=KasGroup, context_settings={"help_option_names": ["-h", "--help"]})
+class KasCLI(KasGroup, LazyGroup):
+    """The top-level group: lazy subcommands, and user errors as one line."""
+
+
+@click.group(
+    cls=KasCLI,
+    lazy=COMMANDS,
+    short_help="Run coding agents at reduced CPU and I/O priority.",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
 @click.option(
     "--config",
     "config_file",
@@ -33,7 +50,3 @@ def main(ctx: click.Context, config_file: str | None) -> None:
     Exit codes: 0 ok, 1 a failure was found, 2 usage or config error, 130 interrupted.
     """
     ctx.obj = App(config_file)
-
-
-for command in (profile, spawn, check, instance, wave, bench):
-    main.add_command(command)

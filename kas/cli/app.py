@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import sys
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from kas.config import Config, config_path, load_config
 from kas.errors import KasError
-from kas.resolver import ResolvedProfile
+
+if TYPE_CHECKING:
+    from kas.config import Config
+    from kas.resolver import ResolvedProfile
 
 
 class App:
@@ -21,6 +23,8 @@ class App:
 
     @cached_property
     def config(self) -> Config:
+        from kas.config import config_path, load_config
+
         return load_config(config_path(self.config_file))
 
     def resolve(self, *extra: dict[str, Any] | None, quiet: bool = False) -> ResolvedProfile:

@@ -8,6 +8,7 @@ import shlex
 import click
 
 from kas.cli.app import App
+from kas.cli.complete import profile_names
 from kas.cli.output import echo_json
 from kas.launch.prepare import prepare
 from kas.profiles import PRESETS, PROFILE_HELP, PROFILES
@@ -22,15 +23,22 @@ def profile() -> None:
 @click.option(
     "--resolved", is_flag=True, help="Every setting with its value and source, the env and wrapper."
 )
+@click.option(
+    "--profile",
+    "as_profile",
+    shell_complete=profile_names,
+    type=click.Choice(PROFILES),
+    help="Show what the config would resolve to with this profile selected instead.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output (always fully resolved).")
 @click.pass_obj
-def show(app: App, resolved: bool, as_json: bool) -> None:
+def show(app: App, resolved: bool, as_profile: str | None, as_json: bool) -> None:
     """Print the profile the config selects.
 
     With --resolved, also print each setting and where it came from (preset, override or default), the
     build env that would be injected into the current environment and the wrapper prefix for agents.
     """
-    prof = app.resolve(quiet=as_json)
+    prof = app.resolve({"profile": as_profile} if as_profile else None, quiet=as_json)
     prepared = prepare(prof, [], os.environ)
     env, wrapper = prepared.env, prepared.prefix
     if as_json:

@@ -97,6 +97,7 @@ def start_tmux(
             session_name=request.tmux_session,
             window_name=request.name,
             log_path=log,
+            prefix_len=len(prepared.prefix),
         )
     except LaunchError:
         registry.update(row.id, status="failed", ended_at=time.time())

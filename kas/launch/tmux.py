@@ -16,8 +16,15 @@ from pathlib import Path
 from typing import Any
 
 from kas.errors import LaunchError
+from kas.statedir import private_dir, state_dir
 
 PLACEHOLDER = "exec tail -f /dev/null"
+# tmux (3.3a, seen here) loses about half of its panes' exit statuses (pane_dead=1 but
+# pane_dead_status empty, and then no pane-died hook). So the pane runs the command under a tiny fixed
+# sh script that records the status in a private file named for the instance and signals the
+# instance's wait-for channel itself ($TMUX in the pane names the server). User data only ever
+# travels as the script's positional arguments.
+STATUS_SCRIPT = '"$@"; s=$?; echo "$s" > "$0"; tmux wait-for -S "kas-done-${0##*/}" 2>/dev/null; exit "$s"'
 
 
 @dataclass(frozen=True)
@@ -48,6 +55,23 @@ def channel(inst_id: str) -> str:
     return f"kas-done-{inst_id}"
 
 
+def status_path(inst_id: str) -> Path:
+    return private_dir(state_dir() / "status") / inst_id
+
+
+def pane_argv(inst_id: str, argv: Sequence[str], prefix_len: int) -> list[str]:
+    """Put the status recorder after the nice/ionice wrapper, so it and the agent both inherit them."""
+    argv = list(argv)
+    return [*argv[:prefix_len], "sh", "-c", STATUS_SCRIPT, str(status_path(inst_id)), *argv[prefix_len:]]
+
+
+def read_status(inst_id: str) -> int | None:
+    try:
+        return int(status_path(inst_id).read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
 def start(
     inst_id: str,
     argv: Sequence[str],
@@ -58,6 +82,7 @@ def start(
     session_name: str,
     window_name: str,
     log_path: Path | None = None,
+    prefix_len: int = 0,
 ) -> PaneInfo:
     """Open a window that runs argv; return its pane (pid = the wrapped command, thanks to ``exec``)."""
     from libtmux.exc import LibTmuxException
@@ -72,16 +97,19 @@ def start(
         pane = window.active_pane
         assert pane is not None
         pane_id = pane.pane_id
-        window.set_option("remain-on-exit", "on")
+        # Keep the pane (and its exit status) after the command ends; set on the pane itself (tmux >= 3.2)
+        # and on its window, so neither a scope mix-up nor an older tmux loses it.
+        _check(server.cmd("set-option", "-w", "-t", window.window_id, "remain-on-exit", "on"))
+        server.cmd("set-option", "-p", "-t", pane_id, "remain-on-exit", "on")
         _check(server.cmd("set-hook", "-p", "-t", pane_id, "pane-died", f"wait-for -S {channel(inst_id)}"))
         if log_path is not None:
             _check(server.cmd("pipe-pane", "-t", pane_id, f"cat >> {shlex.quote(str(log_path))}"))
         env_flags = [f"-e{k}={v}" for k, v in env_add.items()]
-        command = "exec " + shlex.join(argv)
+        command = "exec " + shlex.join(pane_argv(inst_id, argv, prefix_len))
         _check(server.cmd("respawn-pane", "-k", "-t", pane_id, "-c", str(cwd), *env_flags, command))
     except LibTmuxException as exc:
         raise LaunchError(f"tmux: {exc}") from None
-    info = pane_info(socket, pane_id)
+    info = pane_info(socket, pane_id, inst_id)
     if info is None:
         raise LaunchError(f"tmux: the window for {window_name} vanished at once")
     return info
@@ -95,8 +123,11 @@ def _check(result: Any) -> Any:
     return result
 
 
-def pane_info(socket: str | None, pane_id: str) -> PaneInfo | None:
-    """Read a pane's pid and death status, or None when the pane (or the server) is gone."""
+def pane_info(socket: str | None, pane_id: str, inst_id: str | None = None) -> PaneInfo | None:
+    """Read a pane's pid and death status, or None when the pane (or the server) is gone.
+
+    With ``inst_id``, a dead pane's status comes from the recorder's file first (see STATUS_SCRIPT).
+    """
     try:
         done = subprocess.run(
             [
@@ -119,7 +150,10 @@ def pane_info(socket: str | None, pane_id: str) -> PaneInfo | None:
     dead = parts[2] == "1"
     status: int | None = None
     if dead:
-        if parts[4].isdigit() and parts[4] != "0":
+        recorded = read_status(inst_id) if inst_id else None
+        if recorded is not None:
+            status = recorded
+        elif parts[4].isdigit() and parts[4] != "0":
             status = 128 + int(parts[4])
         elif parts[3].lstrip("-").isdigit():
             status = int(parts[3])
@@ -133,7 +167,10 @@ def wait(socket: str | None, inst_id: str, pane_id: str, check_every: float = 0.
     into slices with a look at the pane between them, so a missed signal can delay but never hang a run.
     """
     while True:
-        info = pane_info(socket, pane_id)
+        recorded = read_status(inst_id)
+        if recorded is not None:
+            return recorded
+        info = pane_info(socket, pane_id, inst_id)
         if info is None or info.dead:
             return info.exit_status if info else None
         try:

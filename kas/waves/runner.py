@@ -272,6 +272,7 @@ class WaveRunner:
                 session_name=self.options.tmux_session,
                 window_name=task.name,
                 log_path=run.log,
+                prefix_len=len(prepared.prefix),
             )
             run.pid, run.pane = info.pid, info.pane_id
             pane_id = info.pane_id
