@@ -45,9 +45,7 @@ def main() -> None:
             ok = ratio <= 1.25 and prof["missed"] == 0 and share >= 0.8
             verdict = "met" if ok else "NOT met"
             missed = prof["missed"]
-            print(
-                f"(--json run) p99 ratio {ratio:.2f}, missed {missed}, agent CPU {share:.0%}: goal {verdict}\n"
-            )
+            print(f"(--json run) p99 x{ratio:.2f}, missed {missed}, agent CPU {share:.0%}: goal {verdict}\n")
     finally:
         subprocess.run(["tmux", "-L", socket, "kill-server"], capture_output=True)
 
