@@ -133,7 +133,7 @@ def confirm_next(yes: bool, as_json: bool) -> tuple[Any, dict[str, str]]:
     def ask(index: int) -> bool:
         if yes:
             return True
-        stream = click.get_text_stream("stdin")
+        stream = sys.stdin
         try:
             interactive = stream.isatty()
             fd = stream.fileno()
