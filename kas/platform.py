@@ -5,6 +5,7 @@ Each probe is cheap, reads only ``/proc``/``/sys`` or PATH, and never raises: an
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import sys
@@ -74,6 +75,7 @@ def read_cgroup(pid: int) -> str | None:
     return None
 
 
+@functools.lru_cache(maxsize=1)
 def user_manager_answers() -> bool:
     """Whether ``systemd-run --user`` can reach a systemd user manager (needs its bus socket)."""
     import subprocess

@@ -188,8 +188,8 @@ class Registry:
         row = self.conn.execute("SELECT * FROM instances WHERE id = ?", (inst_id,)).fetchone()
         if row is None:
             rows = self.conn.execute(
-                "SELECT * FROM instances WHERE id LIKE ? OR name = ? ORDER BY created_at DESC",
-                (inst_id.replace("%", "") + "%", inst_id),
+                "SELECT * FROM instances WHERE substr(id, 1, ?) = ? OR name = ? ORDER BY created_at DESC",
+                (len(inst_id), inst_id, inst_id),
             ).fetchall()
             if len(rows) > 1:
                 ids = ", ".join(r["id"] for r in rows[:5])

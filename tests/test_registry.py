@@ -111,6 +111,7 @@ def test_ids_resolve_by_prefix_and_name_and_ambiguity_is_an_error(kas, project: 
     assert "alpha" in kas("instance", "show", "abc1").stdout
     assert "abc222" in kas("instance", "show", "beta").stdout
     assert_user_error(kas("instance", "show", "abc"), "matches several")
+    assert_user_error(kas("instance", "show", "ab_"), "no instance 'ab_'")  # no LIKE wildcards
 
 
 def test_migration_is_idempotent_across_opens(project: Path) -> None:

@@ -61,3 +61,6 @@ class KasGroup(click.Group):
         except KasError as exc:
             click.echo(f"kas: error: {exc}", err=True)
             ctx.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("kas: interrupted", err=True)
+            ctx.exit(130)

@@ -22,8 +22,9 @@ def instance_ids(ctx: click.Context, param: click.Parameter, incomplete: str) ->
         return []
     try:
         rows = registry.conn.execute(
-            "SELECT id, name, status FROM instances WHERE id LIKE ? ORDER BY created_at DESC LIMIT 200",
-            (incomplete + "%",),
+            "SELECT id, name, status FROM instances WHERE substr(id, 1, ?) = ?"
+            " ORDER BY created_at DESC LIMIT 200",
+            (len(incomplete), incomplete),
         ).fetchall()
     finally:
         registry.close()

@@ -15,7 +15,7 @@ from kas.launch.prepare import prepare, warn_once
 from kas.profiles import EXECUTION_MODES
 
 
-@click.command(context_settings={"ignore_unknown_options": False})
+@click.command()
 @click.option("--dry-run", is_flag=True, help="Print the exact argv and env changes; start nothing.")
 @click.option("--mode", type=click.Choice(EXECUTION_MODES), help="Override execution_mode from the config.")
 @click.option("--name", help="A name to find the instance by (default: the command's name).")

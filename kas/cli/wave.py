@@ -69,7 +69,7 @@ class View:
             kind = data["event"]
             if kind == "wave_started":
                 self.wave, self.drawn = data["wave"], 0
-                click.echo(f"wave {data['wave']}/{self.runner.plan.waves.__len__()}: {data['name']}")
+                click.echo(f"wave {data['wave']}/{len(self.runner.plan.waves)}: {data['name']}")
             if self.live and kind in ("wave_started", "task_promoted", "task_finished", "task_failed",
                                       "task_cancelled", "tick"):  # fmt: skip
                 self._redraw()

@@ -20,7 +20,7 @@ from typing import Any
 
 from kas.errors import LaunchError
 from kas.launch import sdk, tmux
-from kas.launch.prepare import ensure_command, prepare, warn_once
+from kas.launch.prepare import Prepared, ensure_command, prepare, warn_once
 from kas.launch.session import apply_autogroup
 from kas.registry import Instance, Registry, new_id
 from kas.resolver import ResolvedProfile
@@ -56,6 +56,7 @@ class TaskRun:
     ended: float | None = None
     exit_status: int | None = None
     reason: str | None = None
+    prepared: Prepared | None = None
 
     @property
     def elapsed(self) -> float:
@@ -142,7 +143,7 @@ class WaveRunner:
         )
         try:
             for index in range(1, len(self.plan.waves) + 1):
-                if index > 1 and not self.confirm(index):
+                if index > 1 and not self._ask(index):
                     self.result.stopped_before = index
                     break
                 if self._interrupt:
@@ -163,6 +164,14 @@ class WaveRunner:
             interrupted=self.result.interrupted,
         )
         return self.result
+
+    def _ask(self, index: int) -> bool:
+        """The confirmation prompt; Ctrl-C while it waits interrupts the run like any other wait."""
+        self._waiting = True
+        try:
+            return self.confirm(index)
+        finally:
+            self._waiting = False
 
     def _run_wave(self, index: int, cap: int) -> None:
         wave = self.plan.waves[index - 1]
@@ -233,8 +242,7 @@ class WaveRunner:
     # -- launching --------------------------------------------------------------------------------------
     def _register(self, run: TaskRun) -> None:
         task = run.task
-        caller_env = {**os.environ, **task.env}
-        prepared = prepare(self.resolved, task.argv, caller_env)
+        prepared = run.prepared = prepare(self.resolved, task.argv, {**os.environ, **task.env})
         warn_once(prepared.warnings)
         inst = self.registry.insert(
             Instance(
@@ -260,7 +268,8 @@ class WaveRunner:
     def _launch(self, run: TaskRun) -> None:
         task = run.task
         caller_env = {**os.environ, **task.env}
-        prepared = prepare(self.resolved, task.argv, caller_env)
+        prepared = run.prepared
+        assert prepared is not None, "tasks are prepared when their wave is registered"
         ensure_command(task.argv, task.cwd, prepared.full_env(caller_env))
         if self.options.mode == "tmux":
             info = tmux.start(
