@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
+from typing import TYPE_CHECKING
 
 import click
 
@@ -12,19 +13,22 @@ from kas.cli.complete import instance_ids
 from kas.cli.output import echo_json, table
 from kas.errors import KasError
 
+if TYPE_CHECKING:
+    from kas.registry import Instance, Registry
+
 
 @click.group()
 def instance() -> None:
     """List, inspect, stop and prune the agents kas started."""
 
 
-def _open():  # type: ignore[no-untyped-def]
+def _open() -> Registry:
     from kas.registry import Registry
 
     return Registry()
 
 
-def _find(registry, inst_id: str):  # type: ignore[no-untyped-def]
+def _find(registry: Registry, inst_id: str) -> Instance:
     inst = registry.get(inst_id)
     if inst is None:
         raise KasError(f"no instance '{inst_id}'; see `kas instance list --all`")

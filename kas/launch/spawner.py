@@ -42,9 +42,7 @@ class SpawnResult:
     exit_status: int | None = None
 
 
-def new_instance(
-    request: SpawnRequest, resolved: ResolvedProfile, prepared: Prepared, **extra: Any
-) -> Instance:
+def new_instance(request: SpawnRequest, resolved: ResolvedProfile, prepared: Prepared) -> Instance:
     """The registry row for an agent, before it has a process."""
     return Instance(
         id=new_id(),
@@ -58,7 +56,6 @@ def new_instance(
         settings=dict(resolved.settings),
         env=prepared.env,
         tmux_socket=request.tmux_socket if request.mode == "tmux" else None,
-        **extra,
     )
 
 

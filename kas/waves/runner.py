@@ -114,6 +114,7 @@ class WaveRunner:
         self.runs: dict[str, TaskRun] = {}
         self.registry = Registry()
         self.log_dir = private_dir(private_dir(state_dir() / "logs") / f"run-{self.result.run_id}")
+        self.scheduler = WaveScheduler([], 0)  # replaced as each wave starts
         self._waiting = False
         self._interrupt = False
 
