@@ -16,7 +16,13 @@ PROC = Path("/proc")
 
 def which(name: str) -> str | None:
     """``shutil.which`` with the current PATH; passed to the pure resolver so tests can swap it."""
-    return shutil.which(name)
+    return _which(name, os.environ.get("PATH", os.defpath))
+
+
+@functools.lru_cache(maxsize=64)
+def _which(name: str, path: str) -> str | None:
+    # A wave prepares every task; looking nice/ionice up once per PATH is enough.
+    return shutil.which(name, path=path)
 
 
 def system() -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import shlex
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,20 +53,25 @@ class _Locator:
 
     def __init__(self, text: str) -> None:
         self.lines = text.splitlines()
+        self.headers: dict[str, list[int]] = {}
 
     def header(self, name: str, index: int) -> int | None:
-        """Line of the ``index``-th ``[[name]]`` header (0-based)."""
-        pattern = re.compile(rf"^\s*\[\[\s*{re.escape(name)}\s*\]\]")
-        hits = [n for n, line in enumerate(self.lines, 1) if pattern.match(line)]
+        """Line of the ``index``-th ``[[name]]`` header (0-based); each name is scanned once."""
+        if name not in self.headers:
+            pattern = re.compile(rf"^\s*\[\[\s*{re.escape(name)}\s*\]\]")
+            self.headers[name] = [n for n, line in enumerate(self.lines, 1) if pattern.match(line)]
+        hits = self.headers[name]
         return hits[index] if index < len(hits) else None
 
-    def assignment(
-        self, key: str, value: str | None = None, after: int | None = None, nth: int = 0
-    ) -> int | None:
+    def assignment(self, key: str, value: str | None = None, after: int | None = None) -> int | None:
+        """First ``key = [value]`` line after ``after`` (else anywhere); scanning stops at the first hit."""
         quoted = rf"[\"']{re.escape(value)}[\"']" if value is not None else ""
         pattern = re.compile(rf"^\s*{re.escape(key)}\s*=\s*{quoted}")
-        hits = [n for n, line in enumerate(self.lines, 1) if pattern.match(line) and n > (after or 0)]
-        return hits[nth] if nth < len(hits) else (hits[0] if hits else None)
+        start = after or 0
+        for number in (*range(start + 1, len(self.lines) + 1), *range(1, start + 1)):
+            if pattern.match(self.lines[number - 1]):
+                return number
+        return None
 
 
 def load_plan(path: Path) -> Plan:
@@ -97,8 +103,8 @@ def load_plan(path: Path) -> Plan:
     if mode is not None and mode not in EXECUTION_MODES:
         raise err(f'[defaults] mode = {mode!r}: use "sdk" or "tmux"', where.assignment("mode"))
     base_dir = path.parent.resolve()
-    default_cwd = _cwd(defaults.get("cwd", "."), base_dir, err, where.assignment("cwd"))
-    default_env = _env(defaults.get("env", {}), "[defaults] env", err, where.assignment("env"))
+    default_cwd = _cwd(defaults.get("cwd", "."), base_dir, err, lambda: where.assignment("cwd"))
+    default_env = _env(defaults.get("env", {}), "[defaults] env", err, lambda: where.assignment("env"))
     resources = validate_resources(doc, path, text, PlanError)
 
     raw_waves = doc.get("waves")
@@ -158,24 +164,31 @@ def _task(
         )
     seen[task_id] = label  # type: ignore[assignment]
     command = raw.get("command")
-    cmd_line = where.assignment("command", after=id_line)
+
+    def command_line() -> int | None:
+        return where.assignment("command", after=id_line)
+
     if command is None:
         raise err(f'task \'{task_id}\' has no command; add command = ["prog", "arg"]', id_line)
     if isinstance(command, str):
         try:
             argv = shlex.split(command)
         except ValueError as exc:
-            raise err(f"task '{task_id}': cannot split command: {exc}", cmd_line) from None
+            raise err(f"task '{task_id}': cannot split command: {exc}", command_line()) from None
     elif isinstance(command, list) and all(isinstance(a, str) for a in command):
         argv = list(command)
     else:
-        raise err(f"task '{task_id}': command must be a list of strings or a string", cmd_line)
+        raise err(f"task '{task_id}': command must be a list of strings or a string", command_line())
     if not argv:
-        raise err(f"task '{task_id}': command is empty", cmd_line)
-    task_cwd = _cwd(raw["cwd"], cwd, err, where.assignment("cwd", after=id_line)) if "cwd" in raw else cwd
+        raise err(f"task '{task_id}': command is empty", command_line())
+    task_cwd = (
+        _cwd(raw["cwd"], cwd, err, lambda: where.assignment("cwd", after=id_line)) if "cwd" in raw else cwd
+    )
     task_env = {
         **env,
-        **_env(raw.get("env", {}), f"task '{task_id}' env", err, where.assignment("env", after=id_line)),
+        **_env(
+            raw.get("env", {}), f"task '{task_id}' env", err, lambda: where.assignment("env", after=id_line)
+        ),
     }
     name = raw.get("name", task_id)
     if not isinstance(name, str):
@@ -183,17 +196,18 @@ def _task(
     return Task(task_id, argv, task_cwd, task_env, name)
 
 
-def _cwd(value: Any, base: Path, err, line: int | None) -> Path:  # type: ignore[no-untyped-def]
+def _cwd(value: Any, base: Path, err, line: Callable[[], int | None]) -> Path:  # type: ignore[no-untyped-def]
+    """A directory relative to ``base``; ``line`` is only looked up when there is an error to locate."""
     if not isinstance(value, str):
-        raise err(f"cwd = {value!r} must be a string path", line)
+        raise err(f"cwd = {value!r} must be a string path", line())
     path = (base / Path(value).expanduser()).resolve()
     if not path.is_dir():
-        raise err(f"cwd '{value}' is not a directory (resolved to {path})", line)
+        raise err(f"cwd '{value}' is not a directory (resolved to {path})", line())
     return path
 
 
-def _env(value: Any, label: str, err, line: int | None) -> dict[str, str]:  # type: ignore[no-untyped-def]
+def _env(value: Any, label: str, err, line: Callable[[], int | None]) -> dict[str, str]:  # type: ignore[no-untyped-def]
     try:
         return validate_env(value, section=label)
     except ConfigError as exc:
-        raise err(exc.message, line) from None
+        raise err(exc.message, line()) from None

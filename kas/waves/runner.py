@@ -176,11 +176,12 @@ class WaveRunner:
 
     def _run_wave(self, index: int, cap: int) -> None:
         wave = self.plan.waves[index - 1]
-        for task in wave.tasks:
-            run = TaskRun(task, index, new_id(), private_file(self.log_dir / f"{task.id}.log"))
-            self.runs[task.id] = run
+        runs = [TaskRun(t, index, new_id(), private_file(self.log_dir / f"{t.id}.log")) for t in wave.tasks]
+        rows = self.registry.insert_many([self._pending_row(run) for run in runs])
+        for run, row in zip(runs, rows, strict=True):
+            run.inst_id = row.id  # the registry may have picked other ids on a collision
+            self.runs[run.task.id] = run
             self.result.tasks.append(run)
-            self._register(run)
         self.scheduler = WaveScheduler([t.id for t in wave.tasks], cap)
         self.emit("wave_started", wave=index, name=wave.name, tasks=[t.id for t in wave.tasks])
         self._launch_all(self.scheduler.start())
@@ -241,30 +242,28 @@ class WaveRunner:
             self.emit("task_cancelled", wave=run.wave, task=task_id)
 
     # -- launching --------------------------------------------------------------------------------------
-    def _register(self, run: TaskRun) -> None:
+    def _pending_row(self, run: TaskRun) -> Instance:
+        """Prepare a task (argv and env, once) and describe it as a pending registry row."""
         task = run.task
         prepared = run.prepared = prepare(self.resolved, task.argv, {**os.environ, **task.env})
         warn_once(prepared.warnings)
-        inst = self.registry.insert(
-            Instance(
-                id=run.inst_id,
-                name=task.name,
-                mode=self.options.mode,
-                status="pending",
-                cwd=str(task.cwd),
-                argv=task.argv,
-                wrapped_argv=prepared.argv,
-                resource_profile=self.resolved.name,
-                settings=dict(self.resolved.settings),
-                env={**task.env, **prepared.env},
-                log_path=str(run.log),
-                tmux_socket=self.options.tmux_socket if self.options.mode == "tmux" else None,
-                wave_run=self.result.run_id,
-                wave_index=run.wave,
-                task_id=task.id,
-            )
+        return Instance(
+            id=run.inst_id,
+            name=task.name,
+            mode=self.options.mode,
+            status="pending",
+            cwd=str(task.cwd),
+            argv=task.argv,
+            wrapped_argv=prepared.argv,
+            resource_profile=self.resolved.name,
+            settings=dict(self.resolved.settings),
+            env={**task.env, **prepared.env},
+            log_path=str(run.log),
+            tmux_socket=self.options.tmux_socket if self.options.mode == "tmux" else None,
+            wave_run=self.result.run_id,
+            wave_index=run.wave,
+            task_id=task.id,
         )
-        run.inst_id = inst.id  # the registry may have picked another id on a collision
 
     def _launch(self, run: TaskRun) -> None:
         task = run.task
