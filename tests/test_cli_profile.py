@@ -147,3 +147,19 @@ def test_check_pid_of_a_missing_process_fails(kas) -> None:
 def test_config_errors_in_spawn_are_one_line(kas, write_config) -> None:
     write_config('[resources]\nprofile = "interactive"\nnice = -1\n')
     assert_user_error(kas("spawn", "--dry-run", "--", "true"), "only ever lowers")
+
+
+def test_macos_degrades_to_nice_only(interactive, monkeypatch) -> None:
+    """macOS cannot run here, so the platform probe is swapped; everything else is real."""
+    from click.testing import CliRunner
+
+    from kas import platform as host
+    from kas.cli import main
+
+    monkeypatch.setattr(host, "system", lambda: "darwin")
+    result = CliRunner().invoke(main, ["spawn", "--dry-run", "--json", "--", "make"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["argv"] == ["nice", "-n", "10", "make"]
+    checked = CliRunner().invoke(main, ["check", "--json"])
+    checks = {c["name"]: c for c in json.loads(checked.output)["checks"]}
+    assert checks["ionice on PATH"]["status"] == "info" and "darwin" in checks["scheduler"]["detail"]

@@ -309,3 +309,19 @@ def test_bundled_example_runs(kas) -> None:
     result = kas("wave", "run", "--yes", str(example), env={**os.environ, "PATH": os.environ["PATH"]})
     assert result.returncode == 0, result.stderr
     assert "all 4 task(s) succeeded" in result.stdout
+
+
+@pytest.mark.parametrize("mode", ["sdk", "tmux"])
+def test_show_output_prefixes_each_line_with_the_task_id(kas, project: Path, mode: str, request) -> None:
+    if mode == "tmux":
+        request.getfixturevalue("tmux_socket")
+    code = "print('hello from', 'the task'); print('second line')"
+    (project / "plan.toml").write_text(
+        f'[[waves]]\n[[waves.tasks]]\nid = "greet"\ncommand = {json.dumps([sys.executable, "-c", code])}\n'
+    )
+    result = kas("wave", "run", "--yes", "--show-output", "--mode", mode, "plan.toml")
+    assert result.returncode == 0, result.stderr
+    assert "[greet] hello from the task" in result.stdout
+    assert "[greet] second line" in result.stdout
+    log = next(Path(os.environ["KAS_STATE_DIR"]).glob("logs/run-*/greet.log"))
+    assert "second line" in log.read_text()

@@ -202,6 +202,10 @@ class WaveRunner:
     def _finished(self, task_id: str, status: int | None) -> None:
         run = self.runs[task_id]
         run.ended, run.exit_status = time.time(), status
+        if self.options.show_output and self.output is not None and self.options.mode == "tmux":
+            # A tmux pane's output reaches its log through pipe-pane; echo it once the task is done.
+            for line in run.log.read_text(errors="replace").splitlines():
+                self.output(task_id, line.rstrip("\r"))
         ok = status == 0
         run.state = DONE if ok else FAILED
         if status is None:
