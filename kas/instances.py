@@ -41,6 +41,15 @@ def refresh(registry: Registry, inst: Instance, *, probe_tree: bool = True) -> L
     """Read the live state of one instance, settling rows whose process has ended."""
     from kas import probe
 
+    if (
+        inst.status == "pending"
+        and inst.owner_pid
+        and not probe.is_alive(inst.owner_pid, inst.owner_create_time)
+    ):
+        # The wave runner that would have promoted it is gone: it will never start.
+        inst.status, inst.ended_at = "cancelled", time.time()
+        registry.update(inst.id, status="cancelled", ended_at=inst.ended_at)
+        return LiveView(inst, "cancelled")
     if inst.status not in ACTIVE:
         return LiveView(inst, inst.status)
     if inst.mode == "tmux" and inst.tmux_target:

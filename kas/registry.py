@@ -50,6 +50,12 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX instances_status ON instances(status);
     CREATE INDEX instances_wave ON instances(wave_run);
     """,
+    # v2: the kas process that owns a row (a wave runner), so pending tasks of a runner that died
+    # without cleaning up (kill -9, a crash) are shown as cancelled instead of pending forever.
+    """
+    ALTER TABLE instances ADD COLUMN owner_pid INTEGER;
+    ALTER TABLE instances ADD COLUMN owner_create_time REAL;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 JSON_FIELDS = ("argv", "wrapped_argv", "settings", "env")
@@ -83,6 +89,8 @@ class Instance:
     wave_run: str | None = None
     wave_index: int | None = None
     task_id: str | None = None
+    owner_pid: int | None = None
+    owner_create_time: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

@@ -99,6 +99,7 @@ def test_prune_drops_only_finished_rows(kas, project: Path) -> None:
     registry.close()
     result = kas("instance", "prune")
     assert result.returncode == 0 and "pruned 1" in result.stdout
+    assert json.loads(kas("instance", "prune", "--json").stdout) == {"pruned": 0}
     names = [r["name"] for r in json.loads(kas("instance", "list", "--all", "--json").stdout)]
     assert names == ["pending"]
 
@@ -122,3 +123,47 @@ def test_migration_is_idempotent_across_opens(project: Path) -> None:
     assert [i.name for i in second.list()] == ["kept"]
     assert second.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     second.close()
+
+
+V1_SCHEMA = """
+CREATE TABLE instances (
+    id TEXT PRIMARY KEY, name TEXT NOT NULL, mode TEXT NOT NULL, status TEXT NOT NULL, pid INTEGER,
+    pid_create_time REAL, tmux_socket TEXT, tmux_target TEXT, cwd TEXT NOT NULL, argv TEXT NOT NULL,
+    wrapped_argv TEXT NOT NULL, resource_profile TEXT NOT NULL, settings TEXT NOT NULL, env TEXT NOT NULL,
+    log_path TEXT, created_at REAL NOT NULL, started_at REAL, ended_at REAL, exit_status INTEGER,
+    wave_run TEXT, wave_index INTEGER, task_id TEXT
+);
+"""
+
+
+def test_a_v1_database_is_migrated_in_place_and_keeps_its_rows(kas, project: Path) -> None:
+    directory = state(project)
+    directory.mkdir(mode=0o700)
+    conn = sqlite3.connect(directory / "instances.db")
+    conn.executescript(V1_SCHEMA)
+    conn.execute(
+        "INSERT INTO instances (id, name, mode, status, cwd, argv, wrapped_argv, resource_profile, settings, env,"
+        " created_at, exit_status) VALUES ('old001', 'legacy', 'sdk', 'exited', '/', '[\"x\"]', '[\"x\"]',"
+        " 'interactive', '{}', '{}', 1.0, 0)"
+    )
+    conn.execute("PRAGMA user_version = 1")
+    conn.commit()
+    conn.close()
+    [old] = json.loads(kas("instance", "list", "--all", "--json").stdout)
+    assert old["id"] == "old001" and old["owner_pid"] is None
+    conn = sqlite3.connect(directory / "instances.db")
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+
+
+def test_pending_rows_of_a_dead_runner_read_as_cancelled(kas, project: Path) -> None:
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    registry = Registry()
+    registry.insert(row(name="orphan", status="pending", owner_pid=gone.pid, owner_create_time=1.0))
+    mine = psutil.Process(os.getpid())
+    registry.insert(
+        row(name="alive", status="pending", owner_pid=mine.pid, owner_create_time=mine.create_time())
+    )
+    registry.close()
+    rows = {r["name"]: r["status"] for r in json.loads(kas("instance", "list", "--all", "--json").stdout)}
+    assert rows == {"orphan": "cancelled", "alive": "pending"}

@@ -67,8 +67,9 @@ def test_agent_and_grandchild_run_at_the_profile_priority_with_the_build_env(
         shown = kas("instance", "show", row["id"]).stdout
         assert "profile" in shown and "interactive" in shown and "live process tree" in shown
     finally:
-        stopped = kas("instance", "stop", "--grace", "2", row["id"])
+        stopped = kas("instance", "stop", "--grace", "2", "--json", row["id"])
     assert stopped.returncode == 0, stopped.stderr
+    assert json.loads(stopped.stdout) == [{"id": row["id"], "status": "exited", "exit_status": 143}]
     assert not psutil.pid_exists(report["child"]) or psutil.Process(report["child"]).status() == "zombie"
     after = {r["id"]: r for r in list_json(kas)}[row["id"]]
     assert after["status"] == "exited" and after["exit_status"] == 143

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 import time
 from typing import TYPE_CHECKING
 
@@ -165,24 +164,33 @@ def _when(stamp: float | None) -> str:
 @instance.command("stop")
 @click.argument("inst_ids", nargs=-1, required=True, metavar="ID...", shell_complete=instance_ids)
 @click.option("--grace", default=5.0, show_default=True, help="Seconds between SIGTERM and SIGKILL.")
+@click.option("--json", "as_json", is_flag=True, help="A JSON list of the stopped instances.")
 @click.pass_obj
-def stop(app: App, inst_ids: tuple[str, ...], grace: float) -> None:
-    """Stop agents: SIGTERM to the process group (or the tmux pane), SIGKILL after --grace seconds."""
+def stop(app: App, inst_ids: tuple[str, ...], grace: float, as_json: bool) -> None:
+    """Stop agents: SIGTERM to the process group (or the tmux pane), SIGKILL after --grace seconds.
+
+    A pending wave task is marked cancelled. Stopping a finished instance only reports how it ended.
+    """
     from kas.instances import stop as stop_instance
 
     registry = _open()
     try:
-        for inst_id in inst_ids:
-            view = stop_instance(registry, _find(registry, inst_id), grace)
-            click.echo(f"{view.inst.id}  {view.label}")
+        targets = [_find(registry, inst_id) for inst_id in inst_ids]  # all ids valid before any stop
+        views = [stop_instance(registry, inst, grace) for inst in targets]
     finally:
         registry.close()
+    if as_json:
+        echo_json([{"id": v.inst.id, "status": v.status, "exit_status": v.inst.exit_status} for v in views])
+        return
+    for view in views:
+        click.echo(f"{view.inst.id}  {view.label}")
 
 
 @instance.command("prune")
 @click.option("--older-than", type=float, help="Only rows that ended more than this many hours ago.")
+@click.option("--json", "as_json", is_flag=True, help='Print {"pruned": N}.')
 @click.pass_obj
-def prune(app: App, older_than: float | None) -> None:
+def prune(app: App, older_than: float | None, as_json: bool) -> None:
     """Forget finished instances (exited, failed, cancelled, lost) so the registry stays small."""
     from kas.instances import refresh
 
@@ -194,5 +202,7 @@ def prune(app: App, older_than: float | None) -> None:
         count = registry.prune(cutoff)
     finally:
         registry.close()
-    click.echo(f"pruned {count} finished instance(s)")
-    sys.exit(0)
+    if as_json:
+        echo_json({"pruned": count})
+    else:
+        click.echo(f"pruned {count} finished instance(s)")

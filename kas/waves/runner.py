@@ -115,6 +115,9 @@ class WaveRunner:
         self.registry = Registry()
         self.log_dir = private_dir(private_dir(state_dir() / "logs") / f"run-{self.result.run_id}")
         self.scheduler = WaveScheduler([], 0)  # replaced as each wave starts
+        from kas.probe import create_time
+
+        self.owner = (os.getpid(), create_time(os.getpid()))
         self._waiting = False
         self._interrupt = False
 
@@ -267,6 +270,8 @@ class WaveRunner:
             wave_run=self.result.run_id,
             wave_index=run.wave,
             task_id=task.id,
+            owner_pid=self.owner[0],
+            owner_create_time=self.owner[1],
         )
 
     def _launch(self, run: TaskRun) -> None:
