@@ -309,6 +309,7 @@ def test_bundled_example_runs(kas) -> None:
     result = kas("wave", "run", "--yes", str(example), env={**os.environ, "PATH": os.environ["PATH"]})
     assert result.returncode == 0, result.stderr
     assert "all 4 task(s) succeeded" in result.stdout
+    assert "\x1b[" not in result.stdout  # piped: plain lines, no redraw
 
 
 @pytest.mark.parametrize("mode", ["sdk", "tmux"])
@@ -325,3 +326,28 @@ def test_show_output_prefixes_each_line_with_the_task_id(kas, project: Path, mod
     assert "[greet] second line" in result.stdout
     log = next(Path(os.environ["KAS_STATE_DIR"]).glob("logs/run-*/greet.log"))
     assert "second line" in log.read_text()
+
+
+def test_a_terminal_gets_a_live_view_redrawn_in_place(project: Path) -> None:
+    """On a TTY the task block is redrawn with cursor movement; piped output never has escapes."""
+    import pty
+
+    plan = write_plan(project, [[("one", 0.2, 0), ("two", 0.2, 0)]])
+    primary, secondary = pty.openpty()
+    proc = subprocess.Popen([KAS, "wave", "run", "--yes", str(plan)], cwd=project, stdin=secondary,
+                            stdout=secondary, stderr=secondary, env={**os.environ, "TERM": "xterm"})  # fmt: skip
+    os.close(secondary)
+    chunks = []
+    while True:
+        try:
+            data = os.read(primary, 4096)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not data:
+            break
+        chunks.append(data)
+    os.close(primary)
+    assert proc.wait(timeout=30) == 0
+    screen = b"".join(chunks).decode()
+    assert "\x1b[2K" in screen and "\x1b[" in screen.replace("\x1b[2K", "")
+    assert "[2/2 finished]" in screen and "all 2 task(s) succeeded" in screen
