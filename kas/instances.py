@@ -72,6 +72,20 @@ def refresh(registry: Registry, inst: Instance, *, probe_tree: bool = True) -> L
     return LiveView(inst, "running", procs)
 
 
+def mark_running(
+    registry: Registry, inst_id: str, pid: int | None, **extra: Any
+) -> tuple[float | None, float]:
+    """Record that an instance's process started; keep its kernel start time against pid reuse.
+
+    Returns ``(pid_create_time, started_at)``.
+    """
+    from kas.probe import create_time
+
+    created, started = (create_time(pid) if pid else None), time.time()
+    registry.update(inst_id, status="running", pid=pid, pid_create_time=created, started_at=started, **extra)
+    return created, started
+
+
 def settle(registry: Registry, inst: Instance, status: int | None) -> LiveView:
     """Record the end of an instance whose process is gone: exited with a status, or lost."""
     inst.status = "exited" if status is not None else "lost"

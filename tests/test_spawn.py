@@ -133,8 +133,11 @@ def test_missing_tmux_is_a_clear_error(kas, interactive, tmp_path: Path) -> None
 
 
 def test_tmux_window_keeps_the_exit_status(kas, interactive, tmux_socket: str) -> None:
-    result = kas("spawn", "--mode", "tmux", "--json", "--", sys.executable, "-c", "import sys; sys.exit(4)")
+    code = "import sys; print('to the log'); sys.exit(4)"
+    result = kas("spawn", "--mode", "tmux", "--json", "--", sys.executable, "-c", code)
     row = json.loads(result.stdout)
     assert tmux.wait(tmux_socket, row["id"], row["tmux_target"]) == 4
+    shown = json.loads(kas("instance", "show", "--json", row["id"]).stdout)
+    assert "to the log" in Path(shown["log_path"]).read_text()
     listed = {r["id"]: r for r in list_json(kas)}
     assert listed[row["id"]]["status"] == "exited" and listed[row["id"]]["exit_status"] == 4

@@ -14,6 +14,7 @@ from typing import Any
 
 from kas import platform as host
 from kas.errors import LaunchError
+from kas.instances import mark_running
 from kas.launch import sdk, tmux
 from kas.launch.prepare import Prepared, ensure_command, warn_once
 from kas.launch.session import apply_autogroup, autogroup_target
@@ -66,7 +67,7 @@ def spawn_instance(request: SpawnRequest, resolved: ResolvedProfile, prepared: P
     try:
         row = registry.insert(new_instance(request, resolved, prepared))
         if request.mode == "tmux":
-            start_tmux(registry, row, request, resolved, prepared)
+            start_tmux(registry, row, request, resolved, prepared, log_path(row.id))
             return SpawnResult(row, detached=True)
         if request.detach:
             return SpawnResult(start_supervised(registry, row, resolved, prepared), detached=True)
@@ -99,32 +100,17 @@ def start_tmux(
     except LaunchError:
         registry.update(row.id, status="failed", ended_at=time.time())
         raise
-    from kas.probe import create_time
-
-    started = time.time()
     if info.pid:
         warn_once([w for w in [apply_autogroup(resolved, info.pid)] if w])
-    row.pid, row.pid_create_time = info.pid, create_time(info.pid) if info.pid else None
-    row.tmux_target, row.started_at, row.status = info.pane_id, started, "running"
-    registry.update(
-        row.id,
-        pid=row.pid,
-        pid_create_time=row.pid_create_time,
-        tmux_target=info.pane_id,
-        started_at=started,
-        status="running",
-        log_path=str(log) if log else None,
-    )
+    record_start(registry, row, info.pid, tmux_target=info.pane_id, log_path=str(log) if log else None)
     return info
 
 
-def record_start(registry: Registry, row: Instance, pid: int) -> None:
-    from kas.probe import create_time
-
-    row.pid, row.pid_create_time, row.started_at, row.status = pid, create_time(pid), time.time(), "running"
-    registry.update(
-        row.id, pid=pid, pid_create_time=row.pid_create_time, started_at=row.started_at, status="running"
-    )
+def record_start(registry: Registry, row: Instance, pid: int | None, **extra: Any) -> None:
+    row.pid, row.status = pid, "running"
+    row.pid_create_time, row.started_at = mark_running(registry, row.id, pid, **extra)
+    for key, value in extra.items():
+        setattr(row, key, value)
 
 
 def record_exit(registry: Registry, row: Instance, status: int | None) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from kas import platform as host
 from kas.errors import LaunchError
+from kas.instances import mark_running
 from kas.launch import sdk
 from kas.registry import Registry
 
@@ -39,16 +40,7 @@ def main() -> int:
         problem = host.set_autogroup_nice(proc.pid, spec["autogroup_nice"])
         if problem:
             print(f"kas: warning: {problem}", file=sys.stderr, flush=True)
-    from kas.probe import create_time
-
-    registry.update(
-        spec["id"],
-        pid=proc.pid,
-        pid_create_time=create_time(proc.pid),
-        started_at=time.time(),
-        status="running",
-        log_path=spec["log"],
-    )
+    mark_running(registry, spec["id"], proc.pid, log_path=spec["log"])
     print(f"pid {proc.pid}", flush=True)
     sys.stdout.close()
     sys.stderr.close()

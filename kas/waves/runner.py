@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from kas.errors import LaunchError
+from kas.instances import mark_running
 from kas.launch import sdk, tmux
 from kas.launch.prepare import Prepared, ensure_command, prepare, warn_once
 from kas.launch.session import apply_autogroup
@@ -300,19 +301,10 @@ class WaveRunner:
 
         else:
             run.pid, waiter = self._start_sdk(run, prepared.argv, prepared.full_env(caller_env))
-        run.started, run.state = time.time(), RUNNING
         if run.pid:
             warn_once([w for w in [apply_autogroup(self.resolved, run.pid)] if w])
-        from kas.probe import create_time
-
-        self.registry.update(
-            run.inst_id,
-            status="running",
-            pid=run.pid,
-            pid_create_time=create_time(run.pid) if run.pid else None,
-            tmux_target=run.pane,
-            started_at=run.started,
-        )
+        _, run.started = mark_running(self.registry, run.inst_id, run.pid, tmux_target=run.pane)
+        run.state = RUNNING
         threading.Thread(target=self._wait, args=(run.task.id, waiter), daemon=True).start()
         self.emit("task_promoted", wave=run.wave, task=task.id, pid=run.pid, instance=run.inst_id)
 
