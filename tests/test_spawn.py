@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import pytest
 
 from kas import platform as host
 from kas.launch import tmux
-from tests.conftest import assert_user_error
+from tests.conftest import KAS, assert_user_error
 from tests.helpers import agent_argv, make_fifo, read_report
 
 
@@ -141,3 +142,19 @@ def test_tmux_window_keeps_the_exit_status(kas, interactive, tmux_socket: str) -
     assert "to the log" in Path(shown["log_path"]).read_text()
     listed = {r["id"]: r for r in list_json(kas)}
     assert listed[row["id"]]["status"] == "exited" and listed[row["id"]]["exit_status"] == 4
+
+
+def test_concurrent_tmux_spawns_share_one_session(kas, interactive, tmux_socket: str, project: Path) -> None:
+    procs = [
+        subprocess.Popen([KAS, "spawn", "--mode", "tmux", "--name", f"w{i}", "--", "sleep", "5"], cwd=project,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for i in range(6)
+    ]  # fmt: skip
+    results = [p.communicate(timeout=60) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [err for _, err in results]
+    sessions = subprocess.run(["tmux", "-L", tmux_socket, "list-sessions", "-F", "#{session_name}"],
+                              capture_output=True, text=True).stdout.split()  # fmt: skip
+    assert sessions == ["kas"]
+    windows = subprocess.run(["tmux", "-L", tmux_socket, "list-windows", "-t", "kas", "-F", "#{window_name}"],
+                             capture_output=True, text=True).stdout.split()  # fmt: skip
+    assert sorted(w for w in windows if w != "kas") == [f"w{i}" for i in range(6)]

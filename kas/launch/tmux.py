@@ -89,9 +89,7 @@ def start(
 
     server = _server(socket)
     try:
-        session = server.sessions.get(session_name=session_name, default=None)
-        if session is None:
-            session = server.new_session(session_name=session_name, window_name="kas", attach=False)
+        session = _session(server, session_name)
         # A placeholder runs until the options and hook are in place, so even `true` cannot end unseen.
         window = session.new_window(window_name=window_name, attach=False, window_shell=PLACEHOLDER)
         pane = window.active_pane
@@ -113,6 +111,22 @@ def start(
     if info is None:
         raise LaunchError(f"tmux: the window for {window_name} vanished at once")
     return info
+
+
+def _session(server: Any, name: str) -> Any:
+    """The agents' session, created on first use; another kas creating it at the same moment is fine."""
+    from libtmux.exc import LibTmuxException
+
+    session = server.sessions.get(session_name=name, default=None)
+    if session is not None:
+        return session
+    try:
+        return server.new_session(session_name=name, window_name="kas", attach=False)
+    except LibTmuxException:
+        session = server.sessions.get(session_name=name, default=None)
+        if session is None:
+            raise
+        return session
 
 
 def _check(result: Any) -> Any:
