@@ -351,3 +351,24 @@ def test_a_terminal_gets_a_live_view_redrawn_in_place(project: Path) -> None:
     screen = b"".join(chunks).decode()
     assert "\x1b[2K" in screen and "\x1b[" in screen.replace("\x1b[2K", "")
     assert "[2/2 finished]" in screen and "all 2 task(s) succeeded" in screen
+
+
+def test_a_second_interrupt_kills_without_waiting_out_the_grace_period(project: Path) -> None:
+    stubborn = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready', flush=True); time.sleep(120)"
+    (project / "plan.toml").write_text(
+        f'[[waves]]\n[[waves.tasks]]\nid = "stubborn"\ncommand = {json.dumps([sys.executable, "-c", stubborn])}\n'
+    )
+    proc = subprocess.Popen([KAS, "wave", "run", "--yes", "--json", "--grace", "120", "plan.toml"], cwd=project,
+                            stdout=subprocess.PIPE, text=True)  # fmt: skip
+    assert proc.stdout is not None
+    pid = next(json.loads(line)["pid"] for line in proc.stdout if '"task_promoted"' in line)
+    log = next(Path(os.environ["KAS_STATE_DIR"]).glob("logs/run-*/stubborn.log"))
+    while "ready" not in log.read_text():  # the task has installed its SIGTERM handler
+        psutil.wait_procs([psutil.Process(pid)], timeout=0.05)
+    proc.send_signal(signal.SIGINT)
+    for line in proc.stdout:
+        if '"run_interrupted"' in line:
+            break
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=20) == 130  # far less than --grace 120
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE

@@ -127,6 +127,12 @@ class WaveRunner:
         self.emit_event({"event": event, "run": self.result.run_id, "at": time.time(), **data})
 
     def _on_signal(self, signum: int, _frame: Any) -> None:
+        if self.result.interrupted:
+            # A second Ctrl-C while stopping: do not wait out the grace period.
+            for run in self.runs.values():
+                if run.state == RUNNING and run.pid:
+                    sdk.signal_group(run.pid, signal.SIGKILL)
+            return
         self._interrupt = True
         if self._waiting:
             raise Interrupted
