@@ -215,7 +215,7 @@ class Registry:
             row = rows[0] if rows else None
         return Instance.from_row(row) if row else None
 
-    def list(self, *, include_finished: bool = True, wave_run: str | None = None) -> list[Instance]:
+    def instances(self, *, include_finished: bool = True, wave_run: str | None = None) -> list[Instance]:
         """Instances newest first; optionally only unfinished ones, or those of one wave run."""
         query = "SELECT * FROM instances"
         where: list[str] = []
@@ -230,9 +230,6 @@ class Registry:
             query += " WHERE " + " AND ".join(where)
         query += " ORDER BY created_at DESC, id"
         return [Instance.from_row(r) for r in self.conn.execute(query, params)]
-
-    def ids(self) -> list[str]:
-        return [r[0] for r in self.conn.execute("SELECT id FROM instances ORDER BY created_at DESC")]
 
     def prune(self, older_than: float | None = None) -> int:
         """Delete finished rows (optionally only those ended before a time); return how many."""

@@ -120,7 +120,7 @@ def test_migration_is_idempotent_across_opens(project: Path) -> None:
     first.insert(row(name="kept"))
     first.close()
     second = Registry()
-    assert [i.name for i in second.list()] == ["kept"]
+    assert [i.name for i in second.instances()] == ["kept"]
     assert second.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     second.close()
 

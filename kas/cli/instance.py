@@ -62,7 +62,7 @@ def list_instances(app: App, show_all: bool, as_json: bool) -> None:
 
     registry = _open()
     try:
-        views = [refresh(registry, inst) for inst in registry.list(include_finished=show_all)]
+        views = [refresh(registry, inst) for inst in registry.instances(include_finished=show_all)]
     finally:
         registry.close()
     if not show_all:
@@ -196,7 +196,7 @@ def prune(app: App, older_than: float | None, as_json: bool) -> None:
 
     registry = _open()
     try:
-        for inst in registry.list(include_finished=False):
+        for inst in registry.instances(include_finished=False):
             refresh(registry, inst, probe_tree=False)
         cutoff = time.time() - older_than * 3600 if older_than is not None else None
         count = registry.prune(cutoff)

@@ -7,7 +7,7 @@ import shlex
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from kas.config import parse_toml, validate_resources
 from kas.errors import ConfigError, PlanError
@@ -46,6 +46,12 @@ class Plan:
     @property
     def task_count(self) -> int:
         return sum(len(w.tasks) for w in self.waves)
+
+
+class _ErrorAt(Protocol):
+    """Builds a PlanError for this plan file at a line (if one is known)."""
+
+    def __call__(self, message: str, line: int | None = None) -> PlanError: ...
 
 
 class _Locator:
@@ -110,7 +116,7 @@ def load_plan(path: Path) -> Plan:
     raw_waves = doc.get("waves")
     if not isinstance(raw_waves, list) or not raw_waves:
         raise err("the plan has no waves; add [[waves]] with [[waves.tasks]] entries")
-    seen: dict[str, int] = {}
+    seen: dict[str, str] = {}
     waves: list[Wave] = []
     for w_index, raw in enumerate(raw_waves):
         header = where.header("waves", w_index)
@@ -145,10 +151,11 @@ def _task(
     line: int | None,
     cwd: Path,
     env: dict[str, str],
-    seen: dict[str, int],
-    err,
+    seen: dict[str, str],
+    err: _ErrorAt,
     where: _Locator,
-) -> Task:  # type: ignore[no-untyped-def]
+) -> Task:
+    """Validate one task; ``seen`` maps ids already used to where, to name both ends of a duplicate."""
     for key in raw:
         if key not in TASK_KEYS:
             raise err(
@@ -162,7 +169,7 @@ def _task(
         raise err(
             f"duplicate task id '{task_id}' (first used in {seen[task_id]}); ids must be unique", id_line
         )
-    seen[task_id] = label  # type: ignore[assignment]
+    seen[task_id] = label
     command = raw.get("command")
 
     def command_line() -> int | None:
@@ -196,7 +203,7 @@ def _task(
     return Task(task_id, argv, task_cwd, task_env, name)
 
 
-def _cwd(value: Any, base: Path, err, line: Callable[[], int | None]) -> Path:  # type: ignore[no-untyped-def]
+def _cwd(value: Any, base: Path, err: _ErrorAt, line: Callable[[], int | None]) -> Path:
     """A directory relative to ``base``; ``line`` is only looked up when there is an error to locate."""
     if not isinstance(value, str):
         raise err(f"cwd = {value!r} must be a string path", line())
@@ -206,7 +213,7 @@ def _cwd(value: Any, base: Path, err, line: Callable[[], int | None]) -> Path:  
     return path
 
 
-def _env(value: Any, label: str, err, line: Callable[[], int | None]) -> dict[str, str]:  # type: ignore[no-untyped-def]
+def _env(value: Any, label: str, err: _ErrorAt, line: Callable[[], int | None]) -> dict[str, str]:
     try:
         return validate_env(value, section=label)
     except ConfigError as exc:
