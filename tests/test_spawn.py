@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -158,3 +159,49 @@ def test_concurrent_tmux_spawns_share_one_session(kas, interactive, tmux_socket:
     windows = subprocess.run(["tmux", "-L", tmux_socket, "list-windows", "-t", "kas", "-F", "#{window_name}"],
                              capture_output=True, text=True).stdout.split()  # fmt: skip
     assert sorted(w for w in windows if w != "kas") == [f"w{i}" for i in range(6)]
+
+
+def run_on_terminal(argv: list[str], cwd: Path) -> tuple[int, str]:
+    """Run argv with a fresh pty as its controlling terminal (as a shell in a terminal window would)."""
+    import fcntl
+    import pty
+    import termios
+
+    primary, secondary = pty.openpty()
+
+    def controlling_tty() -> None:
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+    proc = subprocess.Popen(argv, cwd=cwd, stdin=secondary, stdout=secondary, stderr=secondary,
+                            start_new_session=True, preexec_fn=controlling_tty)  # fmt: skip
+    os.close(secondary)
+    chunks = []
+    while True:
+        try:
+            data = os.read(primary, 4096)
+        except OSError:
+            break
+        if not data:
+            break
+        chunks.append(data)
+    os.close(primary)
+    return proc.wait(timeout=30), b"".join(chunks).decode()
+
+
+def test_foreground_spawn_on_a_terminal_hands_the_agent_the_terminal(interactive, project: Path) -> None:
+    code = (
+        "import os, sys; print('tty', os.isatty(0), 'foreground', os.tcgetpgrp(0) == os.getpgrp(),"
+        " 'nice', os.nice(0), 'group', open(f'/proc/{os.getpid()}/autogroup').read().split()[-1]); sys.exit(3)"
+    )
+    status, screen = run_on_terminal([KAS, "spawn", "--", sys.executable, "-c", code], project)
+    assert status == 3, screen
+    expected_group = "19" if host.autogroup_enabled() else "0"
+    assert f"tty True foreground True nice 10 group {expected_group}" in screen
+
+
+def test_foreground_spawn_restores_the_terminal_session_group(interactive, project: Path) -> None:
+    """After the agent, the terminal's session group is back to its old nice (here: 0)."""
+    script = f"{shlex.quote(KAS)} spawn -- true; cat /proc/$$/autogroup"
+    status, screen = run_on_terminal(["sh", "-c", script], project)
+    assert status == 0, screen
+    assert screen.strip().endswith("nice 0")

@@ -1,7 +1,12 @@
-"""sdk mode: the wrapped argv started directly, in its own session (and so its own process group)."""
+"""sdk mode: the wrapped argv started directly, in its own session (and so its own process group).
+
+The one exception is a foreground spawn on a terminal kas itself holds: an interactive agent needs that
+terminal, so it becomes the terminal's foreground process group inside kas's session instead.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -21,17 +26,18 @@ def start(
     stdin: Any = None,
     stdout: IO[Any] | int | None = None,
     stderr: IO[Any] | int | None = None,
+    terminal: int | None = None,
 ) -> subprocess.Popen[bytes]:
-    """Start argv as a new session leader; a command that cannot start is a ``LaunchError``."""
+    """Start argv as a new session leader (or, with ``terminal``, as that terminal's foreground group).
+
+    A command that cannot start is a ``LaunchError``.
+    """
+    placement: dict[str, Any] = (
+        {"start_new_session": True} if terminal is None else {"preexec_fn": _take_terminal(terminal)}
+    )
     try:
-        return subprocess.Popen(
-            list(argv),
-            env=dict(env),
-            cwd=cwd,
-            stdin=stdin,
-            stdout=stdout,
-            stderr=stderr,
-            start_new_session=True,
+        proc = subprocess.Popen(
+            list(argv), env=dict(env), cwd=cwd, stdin=stdin, stdout=stdout, stderr=stderr, **placement
         )
     except FileNotFoundError:
         raise LaunchError(f"command not found: {argv[0]}") from None
@@ -39,6 +45,44 @@ def start(
         raise LaunchError(f"permission denied: {argv[0]}") from None
     except OSError as exc:
         raise LaunchError(f"cannot start {argv[0]}: {exc.strerror}") from None
+    if terminal is not None:
+        with contextlib.suppress(OSError):  # the child may already have done it and exec'd
+            os.setpgid(proc.pid, proc.pid)
+    return proc
+
+
+def foreground_terminal() -> int | None:
+    """fd 0 if stdin is a terminal whose foreground process group is kas's own, else None.
+
+    A kas run in the background (``kas spawn ... &``) must not steal the terminal.
+    """
+    try:
+        if os.isatty(0) and os.tcgetpgrp(0) == os.getpgrp():
+            return 0
+    except OSError:
+        pass
+    return None
+
+
+def _take_terminal(fd: int) -> Any:
+    def setup() -> None:  # runs in the child between fork and exec
+        os.setpgid(0, 0)
+        previous = signal.signal(signal.SIGTTOU, signal.SIG_IGN)
+        os.tcsetpgrp(fd, os.getpgrp())
+        signal.signal(signal.SIGTTOU, previous)
+
+    return setup
+
+
+def reclaim_terminal(fd: int) -> None:
+    """Make kas's own group the terminal's foreground again once the agent is done."""
+    previous = signal.signal(signal.SIGTTOU, signal.SIG_IGN)
+    try:
+        os.tcsetpgrp(fd, os.getpgrp())
+    except OSError:
+        pass
+    finally:
+        signal.signal(signal.SIGTTOU, previous)
 
 
 def exit_code(returncode: int) -> int:

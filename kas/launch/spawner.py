@@ -122,12 +122,19 @@ def record_exit(registry: Registry, row: Instance, status: int | None) -> None:
 def run_foreground(
     registry: Registry, row: Instance, request: SpawnRequest, resolved: ResolvedProfile, prepared: Prepared
 ) -> SpawnResult:
-    """Run attached to this terminal's output; Ctrl-C and SIGTERM go to the agent's whole group."""
+    """Run attached to this terminal; SIGTERM and SIGHUP are forwarded to the agent's whole group.
+
+    On a terminal kas holds, the agent gets it as its foreground group (Ctrl-C and keys go straight to
+    it) and so shares this terminal's session: kas lowers that session's autogroup nice while the agent
+    runs and puts it back afterwards. Otherwise the agent gets a session of its own.
+    """
+    terminal = sdk.foreground_terminal()
     try:
-        proc = sdk.start(prepared.argv, prepared.full_env(os.environ), request.cwd)
+        proc = sdk.start(prepared.argv, prepared.full_env(os.environ), request.cwd, terminal=terminal)
     except LaunchError:
         registry.update(row.id, status="failed", ended_at=time.time())
         raise
+    session_group = host.read_autogroup(os.getpid()) if terminal is not None else None
     warn_once([w for w in [apply_autogroup(resolved, proc.pid)] if w])
     record_start(registry, row, proc.pid)
 
@@ -140,6 +147,10 @@ def run_foreground(
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        if terminal is not None:
+            sdk.reclaim_terminal(terminal)
+            if session_group is not None and autogroup_target(resolved):
+                host.set_autogroup_nice(os.getpid(), session_group[1])
     record_exit(registry, row, status)
     return SpawnResult(row, detached=False, exit_status=status)
 
