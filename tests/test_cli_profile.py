@@ -60,6 +60,8 @@ def test_spawn_dry_run_prints_the_exact_argv_and_env(kas, interactive) -> None:
     assert data["argv"] == ["nice", "-n", "10", "ionice", "-c", "2", "-n", "7", "make", "a;b"]
     assert data["mode"] == "tmux"
     assert data["env"]["GOFLAGS"] == "-p=1"
+    assert data["tmux_command"].startswith("exec nice -n 10 ionice -c 2 -n 7 sh -c ")
+    assert data["tmux_command"].endswith("'$KAS_STATE_DIR/status/<id>' make 'a;b'")
 
 
 def test_spawn_dry_run_under_normal_adds_nothing(kas) -> None:

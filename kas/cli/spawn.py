@@ -67,13 +67,22 @@ def spawn(
     mode = mode or resolved["execution_mode"]
     prepared = prepare(resolved, command, os.environ)
     if dry_run:
+        data = {"argv": prepared.argv, "env": prepared.env, "mode": mode, "profile": resolved.name}
+        if mode == "tmux":
+            from kas.launch.tmux import pane_argv
+
+            # What the pane runs: the same argv under kas's exit-status recorder (see kas.launch.tmux).
+            pane = pane_argv("$KAS_STATE_DIR/status/<id>", prepared.argv, len(prepared.prefix))
+            data["tmux_command"] = "exec " + shlex.join(pane)
         if as_json:
-            echo_json({"argv": prepared.argv, "env": prepared.env, "mode": mode, "profile": resolved.name})
+            echo_json(data)
             return
         warn_once(prepared.warnings)
         click.echo(f"mode:    {mode}")
         click.echo(f"profile: {resolved.name}")
         click.echo(f"argv:    {shlex.join(prepared.argv)}")
+        if "tmux_command" in data:
+            click.echo(f"pane:    {data['tmux_command']}")
         if prepared.env:
             click.echo("env:")
             for var, value in prepared.env.items():

@@ -59,10 +59,10 @@ def status_path(inst_id: str) -> Path:
     return private_dir(state_dir() / "status") / inst_id
 
 
-def pane_argv(inst_id: str, argv: Sequence[str], prefix_len: int) -> list[str]:
+def pane_argv(status_file: str, argv: Sequence[str], prefix_len: int) -> list[str]:
     """Put the status recorder after the nice/ionice wrapper, so it and the agent both inherit them."""
     argv = list(argv)
-    return [*argv[:prefix_len], "sh", "-c", STATUS_SCRIPT, str(status_path(inst_id)), *argv[prefix_len:]]
+    return [*argv[:prefix_len], "sh", "-c", STATUS_SCRIPT, status_file, *argv[prefix_len:]]
 
 
 def read_status(inst_id: str) -> int | None:
@@ -103,7 +103,7 @@ def start(
         if log_path is not None:
             _check(server.cmd("pipe-pane", "-t", pane_id, f"cat >> {shlex.quote(str(log_path))}"))
         env_flags = [f"-e{k}={v}" for k, v in env_add.items()]
-        command = "exec " + shlex.join(pane_argv(inst_id, argv, prefix_len))
+        command = "exec " + shlex.join(pane_argv(str(status_path(inst_id)), argv, prefix_len))
         _check(server.cmd("respawn-pane", "-k", "-t", pane_id, "-c", str(cwd), *env_flags, command))
     except LibTmuxException as exc:
         raise LaunchError(f"tmux: {exc}") from None
