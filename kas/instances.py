@@ -46,10 +46,7 @@ def refresh(registry: Registry, inst: Instance, *, probe_tree: bool = True) -> L
         and inst.owner_pid
         and not probe.is_alive(inst.owner_pid, inst.owner_create_time)
     ):
-        # The wave runner that would have promoted it is gone: it will never start.
-        inst.status, inst.ended_at = "cancelled", time.time()
-        registry.update(inst.id, status="cancelled", ended_at=inst.ended_at)
-        return LiveView(inst, "cancelled")
+        return cancel(registry, inst)  # the runner that would have promoted it is gone
     if inst.status not in ACTIVE:
         return LiveView(inst, inst.status)
     if inst.mode == "tmux" and inst.tmux_target:
@@ -95,14 +92,19 @@ def settle(registry: Registry, inst: Instance, status: int | None) -> LiveView:
     return LiveView(inst, inst.status)
 
 
+def cancel(registry: Registry, inst: Instance) -> LiveView:
+    """A pending task that will never start."""
+    inst.status, inst.ended_at = "cancelled", time.time()
+    registry.update(inst.id, status="cancelled", ended_at=inst.ended_at)
+    return LiveView(inst, "cancelled")
+
+
 def stop(registry: Registry, inst: Instance, grace: float = 5.0) -> LiveView:
     """SIGTERM the agent's group (or its tmux pane's), SIGKILL after ``grace``; record how it ended."""
     from kas import probe
 
     if inst.status == "pending":
-        inst.status, inst.ended_at = "cancelled", time.time()
-        registry.update(inst.id, status="cancelled", ended_at=inst.ended_at)
-        return LiveView(inst, "cancelled")
+        return cancel(registry, inst)
     view = refresh(registry, inst, probe_tree=False)
     if view.status != "running" or inst.pid is None:
         return view

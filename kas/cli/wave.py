@@ -17,6 +17,7 @@ from kas.cli.complete import plan_files, set_keys
 from kas.cli.output import table
 from kas.errors import ConfigError, KasError
 from kas.profiles import EXECUTION_MODES, KEYS, PROFILES, suggest
+from kas.waves.scheduler import TERMINAL
 
 
 @click.group()
@@ -75,9 +76,11 @@ class View:
                 self._redraw()
             elif not self.live:
                 self._line(data)
-            if kind == "wave_done" and self.live:
+            if kind in ("wave_done", "run_interrupted") and self.live:
                 self._redraw()
                 self.drawn = 0
+                if kind == "run_interrupted":
+                    click.echo("interrupted: stopping running tasks")
 
     def start_ticker(self) -> None:
         """Redraw once a second so elapsed times move; display only, it never drives the scheduler."""
@@ -107,7 +110,7 @@ class View:
 
     def _redraw(self) -> None:
         runs = [r for r in self.runner.result.tasks if r.wave == self.wave]
-        finished = sum(1 for r in runs if r.state in ("done", "failed", "cancelled"))
+        finished = sum(1 for r in runs if r.state in TERMINAL)
         lines = [f"  {r.task.id:<20} {r.label:<12} {r.elapsed:6.1f}s" for r in runs]
         lines.append(f"  [{finished}/{len(runs)} finished]")
         if self.drawn:
