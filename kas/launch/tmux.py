@@ -84,7 +84,11 @@ def start(
     log_path: Path | None = None,
     prefix_len: int = 0,
 ) -> PaneInfo:
-    """Open a window that runs argv; return its pane (pid = the wrapped command, thanks to ``exec``)."""
+    """Open a window that runs argv; return its pane.
+
+    The pane's pid is the wrapper (``exec`` leaves no shell in between), which execs the status recorder,
+    so it carries the profile's niceness; the agent is the recorder's child.
+    """
     from libtmux.exc import LibTmuxException
 
     server = _server(socket)
