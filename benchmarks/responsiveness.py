@@ -7,9 +7,11 @@ Usage: python benchmarks/responsiveness.py [FRAMES]
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import uuid
+from pathlib import Path
 
 from common import KAS, private_env, temp_dir
 
@@ -48,6 +50,7 @@ def main() -> None:
             print(f"(--json run) p99 x{ratio:.2f}, missed {missed}, agent CPU {share:.0%}: goal {verdict}\n")
     finally:
         subprocess.run(["tmux", "-L", socket, "kill-server"], capture_output=True)
+        (Path(os.environ.get("TMUX_TMPDIR", "/tmp")) / f"tmux-{os.getuid()}" / socket).unlink(missing_ok=True)
 
 
 if __name__ == "__main__":
