@@ -18,17 +18,27 @@ import pytest
 
 
 @pytest.fixture(autouse=True)
-def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Every test gets its own state dir, HOME and an empty project as cwd; no inherited kas config."""
+def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """Every test gets its own state dir, HOME, tmux socket and an empty project as cwd; no inherited config.
+
+    The tmux socket is private even for tests that do not mean to use tmux, so none can ever reach the
+    user's default server; whatever server a test started there is killed afterwards.
+    """
     state = tmp_path / "state"
     monkeypatch.setenv("KAS_STATE_DIR", str(state))
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    for var in ("KASMOS_CONFIG", "KAS_TMUX_SOCKET", "KAS_TMUX_SESSION", "TMUX", "MAKEFLAGS", "GOMAXPROCS"):
+    for var in ("KASMOS_CONFIG", "KAS_TMUX_SESSION", "TMUX", "MAKEFLAGS", "GOMAXPROCS"):
         monkeypatch.delenv(var, raising=False)
+    socket = f"kas-test-{uuid.uuid4().hex[:8]}"
+    monkeypatch.setenv("KAS_TMUX_SOCKET", socket)
     project = tmp_path / "project"
     project.mkdir()
     monkeypatch.chdir(project)
-    return project
+    yield project
+    if shutil.which("tmux"):
+        subprocess.run(["tmux", "-L", socket, "kill-server"], capture_output=True)
+    socket_dir = Path(os.environ.get("TMUX_TMPDIR", "/tmp")) / f"tmux-{os.getuid()}"
+    (socket_dir / socket).unlink(missing_ok=True)  # tmux leaves the socket file behind
 
 
 @pytest.fixture
@@ -55,16 +65,11 @@ def interactive(write_config: Callable[[str], Path]) -> Path:
 
 
 @pytest.fixture
-def tmux_socket(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """A private tmux server (tmux -L <unique>), killed in teardown."""
+def tmux_socket() -> str:
+    """The test's private tmux server name (tmux -L); ``isolated`` kills it in teardown."""
     if shutil.which("tmux") is None:
         pytest.skip("tmux not installed")
-    name = f"kas-test-{uuid.uuid4().hex[:8]}"
-    monkeypatch.setenv("KAS_TMUX_SOCKET", name)
-    yield name
-    subprocess.run(["tmux", "-L", name, "kill-server"], capture_output=True)
-    socket_dir = Path(os.environ.get("TMUX_TMPDIR", "/tmp")) / f"tmux-{os.getuid()}"
-    (socket_dir / name).unlink(missing_ok=True)  # tmux leaves the socket file behind
+    return os.environ["KAS_TMUX_SOCKET"]
 
 
 @pytest.fixture

@@ -120,7 +120,7 @@ def test_settings_are_read_at_launch(kas, write_config, tmp_path: Path) -> None:
         kas("instance", "stop", "--grace", "1", first["id"], second["id"])
 
 
-def test_missing_command_is_a_clear_error(kas, interactive) -> None:
+def test_missing_command_is_a_clear_error(kas, interactive, tmux_socket: str) -> None:
     for args in (["--detach"], [], ["--mode", "tmux"]):
         result = kas("spawn", *args, "--", "definitely-not-a-command-kas")
         assert_user_error(result, "command not found: definitely-not-a-command-kas")
