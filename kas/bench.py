@@ -10,6 +10,7 @@ protecting the desktop by starving the agents would show as a cost.
 from __future__ import annotations
 
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -165,7 +166,7 @@ class Agents:
         import psutil
 
         for pid in self.pids:
-            sdk.signal_group(pid, 9)
+            sdk.signal_group(pid, signal.SIGKILL)
         for pid in self.pids:
             try:
                 proc = psutil.Process(pid)

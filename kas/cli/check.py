@@ -12,7 +12,7 @@ from kas.cli.app import App
 from kas.cli.output import echo_json, table
 from kas.errors import ConfigError
 from kas.hostcheck import Finding, HostFacts, host_findings, tool_findings
-from kas.launch.session import autogroup_target
+from kas.launch.session import autogroup_here
 
 
 @click.command()
@@ -47,8 +47,8 @@ def check(app: App, pid: int | None, as_json: bool) -> None:
             findings.append(Finding(f"pid {pid}", "fail", "no such process"))
         else:
             expected = expected_facts(resolved, host.system())
-            if autogroup_target(resolved) and host.autogroup_enabled():
-                expected["autogroup_nice"] = autogroup_target(resolved)
+            if autogroup_here(resolved):
+                expected["autogroup_nice"] = autogroup_here(resolved)
             bad = compare(procs, expected)
             findings.append(
                 Finding(

@@ -13,13 +13,19 @@ def autogroup_target(resolved: ResolvedProfile) -> int:
     return resolved["autogroup_nice"] or resolved["nice"]
 
 
+def autogroup_here(resolved: ResolvedProfile) -> int:
+    """The autogroup nice to write on this machine: the profile's target where autogroup exists, else 0."""
+    target = autogroup_target(resolved)
+    if not target or not host.system().startswith("linux") or not host.autogroup_enabled():
+        return 0
+    return target
+
+
 def apply_autogroup(resolved: ResolvedProfile, pid: int) -> str | None:
     """Lower the agent session's autogroup nice; return a warning text on failure, never raise.
 
     With autogroup scheduling the kernel first splits CPU between sessions, so a niced agent in its own
     session would still get a full session's share against the desktop. Raising the group's nice fixes that.
     """
-    target = autogroup_target(resolved)
-    if not target or not host.system().startswith("linux") or not host.autogroup_enabled():
-        return None
-    return host.set_autogroup_nice(pid, target)
+    target = autogroup_here(resolved)
+    return host.set_autogroup_nice(pid, target) if target else None

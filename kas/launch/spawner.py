@@ -17,7 +17,7 @@ from kas.errors import LaunchError
 from kas.instances import mark_running
 from kas.launch import sdk, tmux
 from kas.launch.prepare import Prepared, ensure_command, warn_once
-from kas.launch.session import apply_autogroup, autogroup_target
+from kas.launch.session import apply_autogroup, autogroup_here
 from kas.registry import Instance, Registry, new_id
 from kas.resolver import ResolvedProfile
 from kas.statedir import log_path
@@ -149,7 +149,7 @@ def run_foreground(
             signal.signal(sig, handler)
         if terminal is not None:
             sdk.reclaim_terminal(terminal)
-            if session_group is not None and autogroup_target(resolved):
+            if session_group is not None and autogroup_here(resolved):
                 host.set_autogroup_nice(os.getpid(), session_group[1])
     record_exit(registry, row, status)
     return SpawnResult(row, detached=False, exit_status=status)
@@ -167,7 +167,7 @@ def start_supervised(
         "env": prepared.full_env(os.environ),
         "cwd": row.cwd,
         "log": str(log),
-        "autogroup_nice": autogroup_target(resolved) if host.autogroup_enabled() else 0,
+        "autogroup_nice": autogroup_here(resolved),
     }
     proc = subprocess.Popen(
         [sys.executable, "-m", "kas.launch.supervisor"],
