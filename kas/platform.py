@@ -9,6 +9,8 @@ import functools
 import os
 import shutil
 import sys
+import threading
+import time
 from pathlib import Path
 
 PROC = Path("/proc")
@@ -38,26 +40,68 @@ def autogroup_enabled() -> bool | None:
         return None
 
 
+ROOT_AUTOGROUP = ("/", 0)
+"""Where a process of a session that never called setsid() (init's, say) is scheduled: the kernel's root
+group, which has no autogroup of its own (``/proc/<pid>/autogroup`` is empty) and a fixed weight of nice 0."""
+
+AUTOGROUP_SPACING = 0.105
+"""The kernel lets a process without CAP_SYS_ADMIN (every desktop user) change an autogroup nice once per
+100 ms, system-wide; any other write in that window fails with EAGAIN. A little over, for jiffy rounding."""
+
+_autogroup_lock = threading.Lock()
+_last_autogroup_write = -AUTOGROUP_SPACING
+
+
 def read_autogroup(pid: int) -> tuple[str, int] | None:
-    """The autogroup name and nice of a process, e.g. ``("/autogroup-42", 10)``."""
+    """The autogroup name and nice of a process, e.g. ``("/autogroup-42", 10)``, or ``ROOT_AUTOGROUP``."""
     try:
         text = (PROC / str(pid) / "autogroup").read_text().split()
+    except OSError:
+        return None
+    if not text:
+        return ROOT_AUTOGROUP
+    try:
         return text[0], int(text[2])
-    except (OSError, IndexError, ValueError):
+    except (IndexError, ValueError):
         return None
 
 
-def set_autogroup_nice(pid: int, nice: int) -> str | None:
-    """Lower the whole session group's share of CPU; return an error text instead of raising."""
-    try:
-        (PROC / str(pid) / "autogroup").write_text(str(nice))
-    except (FileNotFoundError, ProcessLookupError):
-        if not (PROC / str(pid)).exists():
-            return None  # the agent already ended: nothing left to lower
-        return f"cannot set autogroup nice of pid {pid}: this kernel has no /proc/<pid>/autogroup"
-    except OSError as exc:
-        return f"cannot set autogroup nice of pid {pid}: {exc.strerror or exc}"
-    return None
+def set_autogroup_nice(pid: int, nice: int, patience: float = 3.0) -> str | None:
+    """Lower the whole session group's share of CPU; return an error text instead of raising.
+
+    A write refused by the kernel's rate limit is retried: without that, a wave that starts four agents at
+    once as a normal user would lower the first one's group only. Calls are serialised in this process so
+    that they queue instead of racing; ``patience`` bounds the wait for one write.
+    """
+    global _last_autogroup_write
+    target = PROC / str(pid) / "autogroup"
+    with _autogroup_lock:
+        deadline = time.monotonic() + patience
+        while True:
+            try:
+                target.write_text(str(nice))
+            except BlockingIOError:
+                if time.monotonic() < deadline:
+                    # Our own last write tells when the window reopens; otherwise try again shortly.
+                    time.sleep(max(0.02, _last_autogroup_write + AUTOGROUP_SPACING - time.monotonic()))
+                    continue
+                return (
+                    f"cannot set autogroup nice of pid {pid}: the kernel allows one change per 100 ms and "
+                    f"other processes kept it busy for {patience:g} s"
+                )
+            except (FileNotFoundError, ProcessLookupError):
+                if not (PROC / str(pid)).exists():
+                    return None  # the agent already ended: nothing left to lower
+                return f"cannot set autogroup nice of pid {pid}: this kernel has no /proc/<pid>/autogroup"
+            except OSError as exc:
+                if read_autogroup(pid) == ROOT_AUTOGROUP:
+                    return (
+                        f"cannot set autogroup nice of pid {pid}: it runs in the kernel's root group "
+                        "(a session that never called setsid), whose weight is fixed"
+                    )
+                return f"cannot set autogroup nice of pid {pid}: {exc.strerror or exc}"
+            _last_autogroup_write = time.monotonic()
+            return None
 
 
 def cgroup_version() -> int | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 from pathlib import Path
@@ -77,6 +78,95 @@ def test_the_agent_session_group_is_lowered_and_the_caller_group_is_not(
         assert next(c for c in check["checks"] if c["name"].startswith("pid "))["status"] == "ok"
     finally:
         kas("instance", "stop", "--grace", "1", row["id"])
+
+
+def desktop_user_prefix() -> list[str]:
+    """An argv prefix that runs kas as a desktop user would: without CAP_SYS_ADMIN.
+
+    Root is exempt from the kernel's limit of one autogroup change per 100 ms, so a suite run as root
+    (CI is) would never meet the limit every real user meets; ``setpriv`` drops just that capability.
+    """
+    if os.geteuid() != 0:
+        return []
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("running as root and setpriv is missing: cannot run kas as a normal user")
+    return [setpriv, "--inh-caps=-sys_admin", "--bounding-set=-sys_admin"]
+
+
+# Each agent waits (at most 5 s) until its own session group is at nice 19, then reports.
+WAIT_LOWERED = "until grep -q 'nice 19' /proc/$$/autogroup; do sleep 0.01; done"
+
+
+@linux_autogroup
+@pytest.mark.parametrize("mode", ["sdk", "tmux"])
+def test_every_agent_of_a_wave_is_lowered_despite_the_kernel_rate_limit(
+    interactive, project: Path, mode: str, request
+) -> None:
+    if mode == "tmux":
+        request.getfixturevalue("tmux_socket")
+    task = f'command = ["timeout", "5", "sh", "-c", "{WAIT_LOWERED}"]'
+    tasks = "".join(f'[[waves.tasks]]\nid = "t{i}"\n{task}\n' for i in range(4))
+    plan = project / "plan.toml"
+    plan.write_text(f'name = "burst"\n[resources]\nmax_parallel_wave_tasks = 0\n[[waves]]\n{tasks}')
+    result = subprocess.run(
+        [*desktop_user_prefix(), KAS, "wave", "run", "--yes", "--mode", mode, str(plan)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "autogroup" not in result.stderr
+
+
+@linux_autogroup
+def test_concurrent_detached_spawns_are_all_lowered_despite_the_kernel_rate_limit(
+    interactive, project: Path, tmp_path: Path
+) -> None:
+    fifos = [make_fifo(tmp_path / f"ag{i}.fifo") for i in range(4)]
+    spawns = [
+        subprocess.Popen(
+            [
+                *desktop_user_prefix(),
+                KAS,
+                "spawn",
+                "--detach",
+                "--",
+                "sh",
+                "-c",
+                f'{WAIT_LOWERED}; echo "{{\\"pid\\": $$}}" > "$0"',
+                str(fifo),
+            ],
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for fifo in fifos
+    ]
+    warnings = [proc.communicate(timeout=30)[1] for proc in spawns]
+    assert [proc.returncode for proc in spawns] == [0] * 4, warnings
+    assert not any("autogroup" in text for text in warnings), warnings
+    for fifo in fifos:
+        assert read_report(fifo, timeout=10)["pid"] > 0
+
+
+def test_the_kernel_root_group_reads_as_such_and_a_write_there_says_why_it_fails() -> None:
+    # init's session (pid 1) and anything that never called setsid() run in the root group, whose
+    # /proc/<pid>/autogroup is empty; that is a fact to report, not an unreadable file.
+    in_root = [pid for pid in (1, os.getpid()) if _autogroup_text(pid) == ""]
+    if not in_root or not host.autogroup_enabled():
+        pytest.skip("no process here runs in the kernel's root scheduling group")
+    assert host.read_autogroup(in_root[0]) == host.ROOT_AUTOGROUP
+    if os.geteuid() == 0:  # the kernel refuses to reweight the root group (EINVAL); nothing changes
+        message = host.set_autogroup_nice(in_root[0], 19)
+        assert message is not None and "root group" in message
+        assert host.read_autogroup(in_root[0]) == host.ROOT_AUTOGROUP
+
+
+def _autogroup_text(pid: int) -> str | None:
+    try:
+        return (Path("/proc") / str(pid) / "autogroup").read_text()
+    except OSError:
+        return None
 
 
 def test_autogroup_off_runs_in_a_plain_session(kas, write_config, tmp_path: Path) -> None:

@@ -149,8 +149,10 @@ def run_foreground(
             signal.signal(sig, handler)
         if terminal is not None:
             sdk.reclaim_terminal(terminal)
-            if session_group is not None and autogroup_here(resolved):
-                host.set_autogroup_nice(os.getpid(), session_group[1])
+            if session_group and session_group != host.ROOT_AUTOGROUP and autogroup_here(resolved):
+                problem = host.set_autogroup_nice(os.getpid(), session_group[1])
+                if problem:
+                    warn_once([f"{problem} (this terminal's session stays lowered until it ends)"])
     record_exit(registry, row, status)
     return SpawnResult(row, detached=False, exit_status=status)
 

@@ -307,11 +307,9 @@ class WaveRunner:
 
         else:
             run.pid, waiter = self._start_sdk(run, prepared.argv, prepared.full_env(caller_env))
-        if run.pid:
-            warn_once([w for w in [apply_autogroup(self.resolved, run.pid)] if w])
         _, run.started = mark_running(self.registry, run.inst_id, run.pid, tmux_target=run.pane)
         run.state = RUNNING
-        threading.Thread(target=self._wait, args=(run.task.id, waiter), daemon=True).start()
+        threading.Thread(target=self._wait, args=(run.task.id, run.pid, waiter), daemon=True).start()
         self.emit("task_promoted", wave=run.wave, task=task.id, pid=run.pid, instance=run.inst_id)
 
     def _start_sdk(
@@ -352,7 +350,11 @@ class WaveRunner:
             log.flush()
             self.output(task_id, raw.decode(errors="replace").rstrip("\n"))
 
-    def _wait(self, task_id: str, waiter: Callable[[], int | None]) -> None:
+    def _wait(self, task_id: str, pid: int | None, waiter: Callable[[], int | None]) -> None:
+        """Lower the task's autogroup, then wait for it: both off the event loop, since the kernel may make
+        the autogroup write wait its turn (one per 100 ms for a normal user) behind the other tasks'."""
+        if pid:
+            warn_once([w for w in [apply_autogroup(self.resolved, pid)] if w])
         try:
             status = waiter()
         except Exception:  # the waiter must always report, or the wave would never end
