@@ -132,6 +132,8 @@ def test_concurrent_detached_spawns_are_all_lowered_despite_the_kernel_rate_limi
                 "spawn",
                 "--detach",
                 "--",
+                "timeout",  # an agent never lowered ends by itself, and its report never comes
+                "5",
                 "sh",
                 "-c",
                 f'{WAIT_LOWERED}; echo "{{\\"pid\\": $$}}" > "$0"',
