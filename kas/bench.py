@@ -23,7 +23,7 @@ from typing import Any
 
 from kas.launch import sdk
 from kas.launch.prepare import prepare
-from kas.launch.session import apply_autogroup
+from kas.launch.session import lower_agent_group
 from kas.resolver import ResolvedProfile, resolve
 
 FRAME = 1 / 60
@@ -146,7 +146,7 @@ class Agents:
                     prepared.argv, env, Path.cwd(), stdin=devnull, stdout=devnull, stderr=devnull
                 ).pid
             self.pids.append(pid)
-            apply_autogroup(self.resolved, pid)
+            lower_agent_group(self.resolved, pid)
 
     def cpu_seconds(self) -> float:
         import psutil

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from kas import platform as host
+from kas.launch.prepare import warn_once
 from kas.resolver import ResolvedProfile
 
 
@@ -29,3 +30,10 @@ def apply_autogroup(resolved: ResolvedProfile, pid: int) -> str | None:
     """
     target = autogroup_here(resolved)
     return host.set_autogroup_nice(pid, target) if target else None
+
+
+def lower_agent_group(resolved: ResolvedProfile, pid: int) -> None:
+    """``apply_autogroup`` for launch paths: a failure is one warning and the agent runs on."""
+    problem = apply_autogroup(resolved, pid)
+    if problem:
+        warn_once([problem])

@@ -17,7 +17,7 @@ from kas.errors import LaunchError
 from kas.instances import mark_running
 from kas.launch import sdk, tmux
 from kas.launch.prepare import Prepared, ensure_command, warn_once
-from kas.launch.session import apply_autogroup, autogroup_here
+from kas.launch.session import autogroup_here, lower_agent_group
 from kas.registry import Instance, Registry, new_id
 from kas.resolver import ResolvedProfile
 from kas.statedir import log_path
@@ -101,7 +101,7 @@ def start_tmux(
         registry.update(row.id, status="failed", ended_at=time.time())
         raise
     if info.pid:
-        warn_once([w for w in [apply_autogroup(resolved, info.pid)] if w])
+        lower_agent_group(resolved, info.pid)
     record_start(registry, row, info.pid, tmux_target=info.pane_id, log_path=str(log) if log else None)
     return info
 
@@ -135,7 +135,7 @@ def run_foreground(
         registry.update(row.id, status="failed", ended_at=time.time())
         raise
     session_group = host.read_autogroup(os.getpid()) if terminal is not None else None
-    warn_once([w for w in [apply_autogroup(resolved, proc.pid)] if w])
+    lower_agent_group(resolved, proc.pid)
     record_start(registry, row, proc.pid)
 
     def forward(signum: int, _frame: Any) -> None:

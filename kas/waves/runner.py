@@ -22,7 +22,7 @@ from kas.errors import LaunchError
 from kas.instances import mark_running
 from kas.launch import sdk, tmux
 from kas.launch.prepare import Prepared, ensure_command, prepare, warn_once
-from kas.launch.session import apply_autogroup
+from kas.launch.session import lower_agent_group
 from kas.registry import Instance, Registry, new_id
 from kas.resolver import ResolvedProfile
 from kas.statedir import private_dir, private_file, state_dir
@@ -354,7 +354,7 @@ class WaveRunner:
         """Lower the task's autogroup, then wait for it: both off the event loop, since the kernel may make
         the autogroup write wait its turn (one per 100 ms for a normal user) behind the other tasks'."""
         if pid:
-            warn_once([w for w in [apply_autogroup(self.resolved, pid)] if w])
+            lower_agent_group(self.resolved, pid)
         try:
             status = waiter()
         except Exception:  # the waiter must always report, or the wave would never end
