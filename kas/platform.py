@@ -80,26 +80,27 @@ def set_autogroup_nice(pid: int, nice: int, patience: float = 3.0) -> str | None
         while True:
             try:
                 target.write_text(str(nice))
-            except BlockingIOError:
-                if time.monotonic() < deadline:
-                    # Our own last write tells when the window reopens; otherwise try again shortly.
-                    time.sleep(max(0.02, _last_autogroup_write + AUTOGROUP_SPACING - time.monotonic()))
-                    continue
-                return (
-                    f"cannot set autogroup nice of pid {pid}: the kernel allows one change per 100 ms and "
-                    f"other processes kept it busy for {patience:g} s"
-                )
             except (FileNotFoundError, ProcessLookupError):
                 if not (PROC / str(pid)).exists():
                     return None  # the agent already ended: nothing left to lower
                 return f"cannot set autogroup nice of pid {pid}: this kernel has no /proc/<pid>/autogroup"
             except OSError as exc:
+                # Checked first: the root group refuses every write, with EINVAL or (unprivileged) EAGAIN.
                 if read_autogroup(pid) == ROOT_AUTOGROUP:
                     return (
                         f"cannot set autogroup nice of pid {pid}: it runs in the kernel's root group "
                         "(a session that never called setsid), whose weight is fixed"
                     )
-                return f"cannot set autogroup nice of pid {pid}: {exc.strerror or exc}"
+                if not isinstance(exc, BlockingIOError):
+                    return f"cannot set autogroup nice of pid {pid}: {exc.strerror or exc}"
+                if time.monotonic() >= deadline:
+                    return (
+                        f"cannot set autogroup nice of pid {pid}: the kernel allows one change per 100 ms "
+                        f"and other processes kept it busy for {patience:g} s"
+                    )
+                # Our own last write tells when the window reopens; otherwise try again shortly.
+                time.sleep(max(0.02, _last_autogroup_write + AUTOGROUP_SPACING - time.monotonic()))
+                continue
             _last_autogroup_write = time.monotonic()
             return None
 
