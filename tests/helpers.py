@@ -6,8 +6,11 @@ import json
 import os
 import sys
 import threading
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
+
+import psutil
 
 AGENT = str(Path(__file__).with_name("agent.py"))
 
@@ -38,3 +41,26 @@ def read_report(fifo: Path, timeout: float = 20) -> dict[str, Any]:
             pass
         raise AssertionError(f"agent did not report within {timeout}s")
     return json.loads(box["text"])
+
+
+def still_running(pids: Iterable[int], timeout: float = 5) -> list[int]:
+    """The processes that have not ended within ``timeout``; a zombie has ended (only a wait is left).
+
+    SIGKILL is delivered at once, but on a loaded machine a killed process takes a moment to exit, so a
+    test asks "did it end" by waiting for it rather than by looking once.
+    """
+    procs = []
+    for pid in pids:
+        try:
+            procs.append(psutil.Process(pid))
+        except psutil.NoSuchProcess:
+            continue
+    _, alive = psutil.wait_procs(procs, timeout=timeout)
+    running = []
+    for proc in alive:
+        try:
+            if proc.status() != psutil.STATUS_ZOMBIE:
+                running.append(proc.pid)
+        except psutil.NoSuchProcess:
+            continue
+    return running

@@ -16,7 +16,7 @@ import pytest
 from kas import platform as host
 from kas.launch import tmux
 from tests.conftest import KAS, assert_user_error
-from tests.helpers import agent_argv, make_fifo, read_report
+from tests.helpers import agent_argv, make_fifo, read_report, still_running
 
 
 def proc_facts(pid: int) -> tuple[int, int, int]:
@@ -72,7 +72,7 @@ def test_agent_and_grandchild_run_at_the_profile_priority_with_the_build_env(
         stopped = kas("instance", "stop", "--grace", "2", "--json", row["id"])
     assert stopped.returncode == 0, stopped.stderr
     assert json.loads(stopped.stdout) == [{"id": row["id"], "status": "exited", "exit_status": 143}]
-    assert not psutil.pid_exists(report["child"]) or psutil.Process(report["child"]).status() == "zombie"
+    assert still_running([report["child"]]) == []
     after = {r["id"]: r for r in list_json(kas)}[row["id"]]
     assert after["status"] == "exited" and after["exit_status"] == 143
 

@@ -18,6 +18,7 @@ from click.testing import CliRunner
 from kas.cli import main
 from kas.waves.scheduler import WaveScheduler
 from tests.conftest import KAS, assert_user_error
+from tests.helpers import still_running
 
 RECORDER = textwrap.dedent(
     """
@@ -227,8 +228,7 @@ def test_interrupt_stops_everything_and_leaves_the_registry_consistent(
     rest = proc.stdout.read()
     assert proc.wait(timeout=30) == 130
     assert '"run_interrupted"' in rest
-    alive = [p for p in tree if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
-    assert alive == []
+    assert still_running(tree) == []
     rows = {r["task_id"]: r for r in json.loads(kas("instance", "list", "--all", "--json").stdout)}
     assert rows["t2"]["status"] == "cancelled"
     assert {rows["t0"]["status"], rows["t1"]["status"]} == {"exited"}
@@ -371,4 +371,4 @@ def test_a_second_interrupt_kills_without_waiting_out_the_grace_period(project: 
             break
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=20) == 130  # far less than --grace 120
-    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    assert still_running([pid]) == []
