@@ -127,7 +127,7 @@ class Agents:
                 from kas.launch import tmux
 
                 info = tmux.start(
-                    f"bench-{os.getpid()}-{index}",
+                    self.tmux_id(index),
                     prepared.argv,
                     prepared.env,
                     Path.cwd(),
@@ -147,6 +147,10 @@ class Agents:
                 ).pid
             self.pids.append(pid)
             lower_agent_group(self.resolved, pid)
+
+    def tmux_id(self, index: int) -> str:
+        """The instance id a bench agent's tmux pane records its exit status under."""
+        return f"bench-{os.getpid()}-{index}"
 
     def cpu_seconds(self) -> float:
         import psutil
@@ -180,6 +184,8 @@ class Agents:
             subprocess.run(
                 [*tmux.tmux_argv(self.socket), "kill-session", "-t", BENCH_SESSION], capture_output=True
             )
+            for index in range(len(self.panes)):
+                tmux.status_path(self.tmux_id(index)).unlink(missing_ok=True)
 
 
 @contextmanager

@@ -6,12 +6,15 @@ is settled here (exited N, or lost when nobody saw the exit), so a recycled pid 
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from kas.launch import sdk
 from kas.registry import FINISHED, Instance, Registry
+from kas.statedir import state_dir
 
 ACTIVE = ("starting", "running")
 
@@ -127,3 +130,35 @@ def stop(registry: Registry, inst: Instance, grace: float = 5.0) -> LiveView:
     if latest is not None and latest.status in FINISHED:
         return LiveView(latest, latest.status)
     return settle(registry, inst, 143)
+
+
+def prune(registry: Registry, older_than: float | None = None, *, keep_logs: bool = False) -> tuple[int, int]:
+    """Forget finished instances and delete the files only they used; return (rows, files) removed.
+
+    Rows of a wave run whose runner is still alive are spared: its summary still names their logs. Only
+    files inside the state directory are ever deleted, whatever a row says.
+    """
+    from kas import probe
+    from kas.launch import tmux
+
+    def running_wave(inst: Instance) -> bool:
+        return bool(inst.owner_pid) and probe.is_alive(inst.owner_pid, inst.owner_create_time)
+
+    gone = registry.prune(older_than, spare=running_wave)
+    root = state_dir().resolve()
+    files = 0
+    for inst in gone:
+        paths = [tmux.status_path(inst.id)]
+        if inst.log_path and not keep_logs:
+            paths.append(Path(inst.log_path))
+        for path in paths:
+            if path.resolve().is_relative_to(root):
+                with contextlib.suppress(FileNotFoundError):  # a concurrent prune may be first
+                    path.unlink()
+                    files += 1
+    waves = {(Path(i.log_path).parent, i.wave_run) for i in gone if i.wave_run and i.log_path}
+    for folder, run in waves if not keep_logs else ():
+        if folder.resolve().is_relative_to(root) and not registry.instances(wave_run=run):
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only when empty: a log the user added stays, and so does its folder
+    return len(gone), files

@@ -11,7 +11,7 @@ import json
 import secrets
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -231,12 +231,20 @@ class Registry:
         query += " ORDER BY created_at DESC, id"
         return [Instance.from_row(r) for r in self.conn.execute(query, params)]
 
-    def prune(self, older_than: float | None = None) -> int:
-        """Delete finished rows (optionally only those ended before a time); return how many."""
-        query = f"DELETE FROM instances WHERE status IN ({', '.join('?' * len(FINISHED))})"
+    def prune(
+        self, older_than: float | None = None, spare: Callable[[Instance], bool] = lambda _: False
+    ) -> list[Instance]:
+        """Delete finished rows (optionally only those ended before a time, and not ``spare``d); return them.
+
+        The rows come back so that the caller can delete the files only they point at; selecting and
+        deleting share one write transaction, so a row that changes meanwhile is not lost or half-pruned.
+        """
+        query = f"SELECT * FROM instances WHERE status IN ({', '.join('?' * len(FINISHED))})"
         params: list[Any] = list(FINISHED)
         if older_than is not None:
             query += " AND ended_at < ?"
             params.append(older_than)
         with self.transaction() as conn:
-            return conn.execute(query, params).rowcount
+            gone = [inst for inst in map(Instance.from_row, conn.execute(query, params)) if not spare(inst)]
+            conn.executemany("DELETE FROM instances WHERE id = ?", [(inst.id,) for inst in gone])
+        return gone

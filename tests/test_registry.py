@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import psutil
+import pytest
 
 from kas.registry import SCHEMA_VERSION, Instance, Registry, new_id
 from tests.conftest import KAS, assert_user_error
@@ -99,9 +100,51 @@ def test_prune_drops_only_finished_rows(kas, project: Path) -> None:
     registry.close()
     result = kas("instance", "prune")
     assert result.returncode == 0 and "pruned 1" in result.stdout
-    assert json.loads(kas("instance", "prune", "--json").stdout) == {"pruned": 0}
+    assert json.loads(kas("instance", "prune", "--json").stdout) == {"pruned": 0, "files_removed": 0}
     names = [r["name"] for r in json.loads(kas("instance", "list", "--all", "--json").stdout)]
     assert names == ["pending"]
+
+
+@pytest.mark.parametrize("mode", ["sdk", "tmux"])
+def test_prune_deletes_the_files_of_pruned_rows_and_nothing_else(
+    kas, project: Path, tmp_path: Path, mode: str, request
+) -> None:
+    if mode == "tmux":
+        request.getfixturevalue("tmux_socket")
+    plan = project / "plan.toml"
+    plan.write_text('name = "p"\n[[waves]]\n[[waves.tasks]]\nid = "a"\ncommand = "echo secret"\n')
+    assert kas("wave", "run", "--yes", "--mode", mode, str(plan)).returncode == 0
+    ran = Registry().instances()[0]
+    log = Path(ran.log_path or "")
+    assert "secret" in log.read_text()
+    files = [log] + ([state(project) / "status" / ran.id] if mode == "tmux" else [])
+    assert all(f.exists() for f in files)
+    registry = Registry()
+    outside = tmp_path / "mine.log"  # a row naming a file outside the state dir never costs the user it
+    outside.write_text("keep")
+    registry.insert(row(name="odd", status="exited", exit_status=0, ended_at=1.0, log_path=str(outside)))
+    me = psutil.Process()  # a finished task of a wave whose runner (here: this test) is still running
+    live_run = row(name="live", status="exited", ended_at=1.0, wave_run="r1", owner_pid=me.pid,
+                   owner_create_time=me.create_time())  # fmt: skip
+    registry.insert(live_run)
+    registry.close()
+    result = json.loads(kas("instance", "prune", "--json").stdout)
+    assert result == {"pruned": 2, "files_removed": len(files)}
+    assert not any(f.exists() for f in files)
+    assert not log.parent.exists()  # the wave's emptied log folder goes too
+    assert outside.read_text() == "keep"
+    assert [r["name"] for r in json.loads(kas("instance", "list", "--all", "--json").stdout)] == ["live"]
+
+
+def test_prune_keep_logs_keeps_them(kas, project: Path) -> None:
+    log = state(project) / "logs" / "kept.log"
+    log.parent.mkdir(parents=True)
+    log.write_text("x")
+    registry = Registry()
+    registry.insert(row(name="done", status="exited", exit_status=0, ended_at=1.0, log_path=str(log)))
+    registry.close()
+    assert "removed 0 file(s)" in kas("instance", "prune", "--keep-logs").stdout
+    assert log.exists()
 
 
 def test_ids_resolve_by_prefix_and_name_and_ambiguity_is_an_error(kas, project: Path) -> None:

@@ -188,10 +188,15 @@ def stop(app: App, inst_ids: tuple[str, ...], grace: float, as_json: bool) -> No
 
 @instance.command("prune")
 @click.option("--older-than", type=float, help="Only rows that ended more than this many hours ago.")
-@click.option("--json", "as_json", is_flag=True, help='Print {"pruned": N}.')
+@click.option("--keep-logs", is_flag=True, help="Keep the pruned instances' log files.")
+@click.option("--json", "as_json", is_flag=True, help='Print {"pruned": N, "files_removed": M}.')
 @click.pass_obj
-def prune(app: App, older_than: float | None, as_json: bool) -> None:
-    """Forget finished instances (exited, failed, cancelled, lost) so the registry stays small."""
+def prune(app: App, older_than: float | None, keep_logs: bool, as_json: bool) -> None:
+    """Forget finished instances (exited, failed, cancelled, lost) and delete their logs.
+
+    The registry and the state directory stay small. Tasks of a wave that is still running are kept.
+    """
+    from kas.instances import prune as prune_finished
     from kas.instances import refresh
 
     registry = _open()
@@ -199,10 +204,10 @@ def prune(app: App, older_than: float | None, as_json: bool) -> None:
         for inst in registry.instances(include_finished=False):
             refresh(registry, inst, probe_tree=False)
         cutoff = time.time() - older_than * 3600 if older_than is not None else None
-        count = registry.prune(cutoff)
+        count, files = prune_finished(registry, cutoff, keep_logs=keep_logs)
     finally:
         registry.close()
     if as_json:
-        echo_json({"pruned": count})
+        echo_json({"pruned": count, "files_removed": files})
     else:
-        click.echo(f"pruned {count} finished instance(s)")
+        click.echo(f"pruned {count} finished instance(s), removed {files} file(s)")
