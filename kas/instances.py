@@ -148,7 +148,7 @@ def prune(registry: Registry, older_than: float | None = None, *, keep_logs: boo
     root = state_dir().resolve()
     files = 0
     for inst in gone:
-        paths = [tmux.status_path(inst.id)]
+        paths = [tmux.status_path(inst.id)] if inst.mode == "tmux" else []
         if inst.log_path and not keep_logs:
             paths.append(Path(inst.log_path))
         for path in paths:
