@@ -9,6 +9,7 @@ import sys
 import psutil
 import pytest
 
+from kas import platform as host
 from tests.conftest import assert_user_error
 
 
@@ -56,6 +57,8 @@ def test_spawn_dry_run_prints_the_exact_argv_and_env(kas, interactive) -> None:
     assert result.returncode == 0
     assert "argv:    nice -n 10 ionice -c 2 -n 7 make -C 'dir with space'" in result.stdout
     assert "MAKEFLAGS=-j1" in result.stdout
+    if host.autogroup_enabled():  # the step after launch that is not in the argv
+        assert "then:    autogroup nice 19 for the agent's session group" in result.stdout
     data = json.loads(kas("spawn", "--dry-run", "--mode", "tmux", "--json", "--", "make", "a;b").stdout)
     assert data["argv"] == ["nice", "-n", "10", "ionice", "-c", "2", "-n", "7", "make", "a;b"]
     assert data["mode"] == "tmux"
@@ -66,7 +69,7 @@ def test_spawn_dry_run_prints_the_exact_argv_and_env(kas, interactive) -> None:
 
 def test_spawn_dry_run_under_normal_adds_nothing(kas) -> None:
     data = json.loads(kas("spawn", "--dry-run", "--json", "--", "true").stdout)
-    assert data == {"argv": ["true"], "env": {}, "mode": "sdk", "profile": "normal"}
+    assert data == {"argv": ["true"], "env": {}, "mode": "sdk", "profile": "normal", "autogroup_nice": 0}
 
 
 def test_spawn_without_a_command_is_a_usage_error(kas) -> None:

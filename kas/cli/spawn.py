@@ -67,7 +67,11 @@ def spawn(
     mode = mode or resolved["execution_mode"]
     prepared = prepare(resolved, command, os.environ)
     if dry_run:
+        from kas.launch.session import autogroup_here
+
         data = {"argv": prepared.argv, "env": prepared.env, "mode": mode, "profile": resolved.name}
+        # Not part of the argv: written to /proc/<pid>/autogroup right after launch (0 = left alone).
+        data["autogroup_nice"] = autogroup_here(resolved)
         if mode == "tmux":
             from kas.launch.tmux import pane_argv
 
@@ -83,6 +87,8 @@ def spawn(
         click.echo(f"argv:    {shlex.join(prepared.argv)}")
         if "tmux_command" in data:
             click.echo(f"pane:    {data['tmux_command']}")
+        if data["autogroup_nice"]:
+            click.echo(f"then:    autogroup nice {data['autogroup_nice']} for the agent's session group")
         if prepared.env:
             click.echo("env:")
             for var, value in prepared.env.items():
