@@ -205,3 +205,32 @@ def test_foreground_spawn_restores_the_terminal_session_group(interactive, proje
     status, screen = run_on_terminal(["sh", "-c", script], project)
     assert status == 0, screen
     assert screen.strip().endswith("nice 0")
+
+
+def test_instance_logs_prints_and_follows_an_agents_output(kas, interactive, tmp_path: Path) -> None:
+    fifo = make_fifo(tmp_path / "go.fifo")
+    # The agent writes a line, then waits for the test (through the FIFO) before its last line and end.
+    script = 'echo first; read x < "$0"; echo last'
+    spawned = kas("spawn", "--detach", "--json", "--", "sh", "-c", script, str(fifo))
+    inst_id = json.loads(spawned.stdout)["id"]
+    follower = subprocess.Popen(
+        [KAS, "instance", "logs", "--follow", inst_id], stdout=subprocess.PIPE, text=True
+    )
+    assert follower.stdout is not None
+    assert follower.stdout.readline() == "first\n"
+    with open(fifo, "w") as go:
+        go.write("go\n")
+    rest, _ = follower.communicate(timeout=15)  # on Linux `tail --pid` ends with the agent
+    assert rest == "last\n" and follower.returncode == 0
+    assert kas("instance", "logs", inst_id).stdout == "first\nlast\n"
+    assert kas("instance", "logs", "-n", "1", inst_id).stdout == "last\n"
+    assert kas("instance", "logs", "--follow", inst_id).stdout == "first\nlast\n"  # ended: no tail
+
+
+def test_instance_logs_explains_a_missing_log(kas, interactive) -> None:
+    assert kas("spawn", "--name", "fg", "--", "true").returncode == 0
+    assert_user_error(kas("instance", "logs", "fg"), "has no log", "foreground")
+    log = json.loads(kas("spawn", "--detach", "--json", "--name", "bg", "--", "true").stdout)["log_path"]
+    Path(log).unlink()
+    assert_user_error(kas("instance", "logs", "bg"), log, "is gone")
+    assert_user_error(kas("instance", "logs", "nope"), "no instance 'nope'")

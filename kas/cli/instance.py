@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
 @click.group()
 def instance() -> None:
-    """List, inspect, stop and prune the agents kas started."""
+    """List, inspect, read, stop and prune the agents kas started."""
 
 
 def _open() -> Registry:
@@ -159,6 +159,50 @@ def show(app: App, inst_id: str, as_json: bool) -> None:
 
 def _when(stamp: float | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(stamp)) if stamp else "-"
+
+
+@instance.command("logs")
+@click.argument("inst_id", metavar="ID", shell_complete=instance_ids)
+@click.option("-f", "--follow", is_flag=True, help="Keep printing as the agent writes, until it ends.")
+@click.option("-n", "--lines", type=click.IntRange(min=0), help="Only the last N lines.")
+@click.pass_obj
+def logs(app: App, inst_id: str, follow: bool, lines: int | None) -> None:
+    """Print the output of a detached agent, a tmux agent or a wave task.
+
+    With --follow on a running agent, kas hands over to `tail -f`, which stops when the agent ends
+    (on Linux) or on Ctrl-C.
+    """
+    import os
+    import shutil
+    import sys
+    from collections import deque
+    from pathlib import Path
+
+    from kas.instances import ACTIVE, refresh
+
+    registry = _open()
+    try:
+        inst = refresh(registry, _find(registry, inst_id), probe_tree=False).inst
+    finally:
+        registry.close()
+    if not inst.log_path:
+        raise KasError(f"instance {inst.id} has no log: it ran in the foreground and wrote to the terminal")
+    path = Path(inst.log_path)
+    if not path.is_file():
+        raise KasError(f"{path}: the log of instance {inst.id} is gone (`kas instance prune` removes logs)")
+    if follow and inst.status in ACTIVE:
+        tail = shutil.which("tail")
+        if tail is None:
+            raise KasError("--follow needs `tail` on PATH")
+        start = str(lines) if lines is not None else "+1"
+        until = ["--pid", str(inst.pid)] if sys.platform.startswith("linux") and inst.pid else []
+        os.execv(tail, [tail, "-n", start, "-f", *until, "--", str(path)])
+    out = sys.stdout.buffer
+    with path.open("rb") as log:
+        if lines is None:
+            shutil.copyfileobj(log, out)
+        else:
+            out.writelines(deque(log, maxlen=lines))  # streams: a long log is never read whole
 
 
 @instance.command("stop")
