@@ -132,6 +132,18 @@ def stop(registry: Registry, inst: Instance, grace: float = 5.0) -> LiveView:
     return settle(registry, inst, 143)
 
 
+def wait_for_end(inst: Instance) -> None:
+    """Block until a running instance ends: tmux's channel for a pane, the kernel's pidfd for a process."""
+    from kas import probe
+
+    if inst.mode == "tmux" and inst.tmux_target:
+        from kas.launch import tmux
+
+        tmux.wait(inst.tmux_socket, inst.id, inst.tmux_target)
+    elif inst.pid:
+        probe.wait_gone(inst.pid, inst.pid_create_time)
+
+
 def prune(registry: Registry, older_than: float | None = None, *, keep_logs: bool = False) -> tuple[int, int]:
     """Forget finished instances and delete the files only they used; return (rows, files) removed.
 

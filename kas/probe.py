@@ -5,6 +5,8 @@ psutil is imported inside the functions: ``kas --help`` and ``kas profile show``
 
 from __future__ import annotations
 
+import contextlib
+import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -101,6 +103,30 @@ def is_alive(pid: int | None, create_time: float | None) -> bool:
         return create_time is None or abs(proc.create_time() - create_time) <= 0.05
     except psutil.Error:
         return False
+
+
+def wait_gone(pid: int, create_time: float | None) -> None:
+    """Block until the process kas started has ended (a zombie has), woken by the kernel, not by polling.
+
+    A pidfd becomes readable when the process exits (Linux 5.3+); elsewhere psutil waits.
+    """
+    import select
+
+    import psutil
+
+    if not is_alive(pid, create_time):
+        return
+    try:
+        fd = os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        with contextlib.suppress(psutil.Error):
+            psutil.Process(pid).wait()
+        return
+    try:
+        if is_alive(pid, create_time):  # the pid was still ours when the pidfd was opened
+            select.select([fd], [], [])
+    finally:
+        os.close(fd)
 
 
 def create_time(pid: int) -> float | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import sys
 import threading
 from collections.abc import Iterable
@@ -64,3 +65,24 @@ def still_running(pids: Iterable[int], timeout: float = 5) -> list[int]:
         except psutil.NoSuchProcess:
             continue
     return running
+
+
+class Lines:
+    """A process's output lines as they come, so a test can wait for one with a timeout instead of hanging."""
+
+    def __init__(self, stream: Iterable[str]) -> None:
+        self.queue: queue.Queue[str] = queue.Queue()
+        self.reader = threading.Thread(target=lambda: [self.queue.put(line) for line in stream], daemon=True)
+        self.reader.start()
+
+    def next(self, timeout: float = 15) -> str:
+        """The next line; fails the test (queue.Empty) if none comes within ``timeout``."""
+        return self.queue.get(timeout=timeout)
+
+    def rest(self, timeout: float = 15) -> str:
+        """Everything after the lines already taken, once the stream has ended."""
+        self.reader.join(timeout)
+        taken = []
+        while not self.queue.empty():
+            taken.append(self.queue.get())
+        return "".join(taken)

@@ -16,7 +16,7 @@ import pytest
 from kas import platform as host
 from kas.launch import tmux
 from tests.conftest import KAS, assert_user_error
-from tests.helpers import agent_argv, make_fifo, read_report, still_running
+from tests.helpers import Lines, agent_argv, make_fifo, read_report, still_running
 
 
 def proc_facts(pid: int) -> tuple[int, int, int]:
@@ -207,24 +207,42 @@ def test_foreground_spawn_restores_the_terminal_session_group(interactive, proje
     assert screen.strip().endswith("nice 0")
 
 
-def test_instance_logs_prints_and_follows_an_agents_output(kas, interactive, tmp_path: Path) -> None:
-    fifo = make_fifo(tmp_path / "go.fifo")
-    # The agent writes a line, then waits for the test (through the FIFO) before its last line and end.
-    script = 'echo first; read x < "$0"; echo last'
-    spawned = kas("spawn", "--detach", "--json", "--", "sh", "-c", script, str(fifo))
+@pytest.mark.parametrize("mode", ["sdk", "tmux"])
+def test_instance_logs_prints_and_follows_an_agents_output(
+    kas, interactive, tmp_path: Path, mode: str, request
+) -> None:
+    if mode == "tmux":
+        request.getfixturevalue("tmux_socket")
+    go, ready = make_fifo(tmp_path / "go.fifo"), make_fifo(tmp_path / "ready.fifo")
+    # Two lines, then a word to the test; the last line only once the test says go (FIFOs, no sleeps).
+    script = 'echo zero; echo first; echo "{}" > "$1"; read x < "$0"; echo last'
+    spawned = kas(
+        "spawn", "--detach", "--mode", mode, "--json", "--", "sh", "-c", script, str(go), str(ready)
+    )
     inst_id = json.loads(spawned.stdout)["id"]
+    read_report(ready)
+    # An sdk agent writes its log itself, so both lines are in it now; a tmux pane's come a moment later.
+    last_only = ["-n", "1"] if mode == "sdk" else []
     follower = subprocess.Popen(
-        [KAS, "instance", "logs", "--follow", inst_id], stdout=subprocess.PIPE, text=True
+        [KAS, "instance", "logs", "--follow", *last_only, inst_id], stdout=subprocess.PIPE, text=True
     )
     assert follower.stdout is not None
-    assert follower.stdout.readline() == "first\n"
-    with open(fifo, "w") as go:
-        go.write("go\n")
-    rest, _ = follower.communicate(timeout=15)  # on Linux `tail --pid` ends with the agent
-    assert rest == "last\n" and follower.returncode == 0
-    assert kas("instance", "logs", inst_id).stdout == "first\nlast\n"
-    assert kas("instance", "logs", "-n", "1", inst_id).stdout == "last\n"
-    assert kas("instance", "logs", "--follow", inst_id).stdout == "first\nlast\n"  # ended: no tail
+    lines = Lines(follower.stdout)
+    try:
+        assert lines.next().rstrip("\r\n") == ("first" if last_only else "zero")
+    finally:
+        with open(go, "w") as say:  # let the agent end in any case
+            say.write("go\n")
+    assert follower.wait(timeout=15) == 0  # it ends with the agent
+    assert lines.rest().replace("\r", "").endswith("last\n")
+
+    def text(*args: str) -> str:
+        return kas("instance", "logs", *args, inst_id).stdout.replace("\r", "")  # a pane's lines end in CRLF
+
+    assert text() == "zero\nfirst\nlast\n"
+    assert text("-n", "1") == "last\n"
+    assert text("-n", "0") == ""
+    assert text("--follow") == "zero\nfirst\nlast\n"  # ended: printed, not followed
 
 
 def test_instance_logs_explains_a_missing_log(kas, interactive) -> None:

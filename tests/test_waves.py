@@ -18,7 +18,7 @@ from click.testing import CliRunner
 from kas.cli import main
 from kas.waves.scheduler import WaveScheduler
 from tests.conftest import KAS, assert_user_error
-from tests.helpers import still_running
+from tests.helpers import Lines, make_fifo, still_running
 
 RECORDER = textwrap.dedent(
     """
@@ -326,6 +326,31 @@ def test_show_output_prefixes_each_line_with_the_task_id(kas, project: Path, mod
     assert "[greet] second line" in result.stdout
     log = next(Path(os.environ["KAS_STATE_DIR"]).glob("logs/run-*/greet.log"))
     assert "second line" in log.read_text()
+
+
+@pytest.mark.parametrize("mode", ["sdk", "tmux"])
+def test_show_output_streams_while_the_task_runs(project: Path, tmp_path: Path, mode: str, request) -> None:
+    if mode == "tmux":
+        request.getfixturevalue("tmux_socket")
+    fifo = make_fifo(tmp_path / "go.fifo")
+    # The task prints a line, then waits for the test to have seen it before it prints the last one.
+    command = ["sh", "-c", 'echo first; read x < "$0"; echo last', str(fifo)]
+    (project / "plan.toml").write_text(
+        f'[[waves]]\n[[waves.tasks]]\nid = "t"\ncommand = {json.dumps(command)}\n'
+    )
+    proc = subprocess.Popen([KAS, "wave", "run", "--yes", "--show-output", "--mode", mode, "plan.toml"],
+                            cwd=project, stdout=subprocess.PIPE, text=True)  # fmt: skip
+    assert proc.stdout is not None
+    lines = Lines(proc.stdout)
+    try:
+        while "[t] first" not in lines.next():  # fails if the line only comes once the task has ended
+            pass
+    finally:
+        with open(fifo, "w") as go:  # let the task end in any case
+            go.write("go\n")
+    assert proc.wait(timeout=15) == 0
+    text = lines.rest()
+    assert "[t] last" in text and text.index("[t] last") < text.index("done     t")
 
 
 def test_a_terminal_gets_a_live_view_redrawn_in_place(project: Path) -> None:

@@ -169,16 +169,14 @@ def _when(stamp: float | None) -> str:
 def logs(app: App, inst_id: str, follow: bool, lines: int | None) -> None:
     """Print the output of a detached agent, a tmux agent or a wave task.
 
-    With --follow on a running agent, kas hands over to `tail -f`, which stops when the agent ends
-    (on Linux) or on Ctrl-C.
+    With --follow on a running agent, the output is printed as it comes until the agent ends (or
+    Ctrl-C); `tail -f` watches the file, so kas polls nothing.
     """
-    import os
-    import shutil
     import sys
-    from collections import deque
     from pathlib import Path
 
-    from kas.instances import ACTIVE, refresh
+    from kas.instances import ACTIVE, refresh, wait_for_end
+    from kas.logs import LogFollower, tail_from_line
 
     registry = _open()
     try:
@@ -190,19 +188,18 @@ def logs(app: App, inst_id: str, follow: bool, lines: int | None) -> None:
     path = Path(inst.log_path)
     if not path.is_file():
         raise KasError(f"{path}: the log of instance {inst.id} is gone (`kas instance prune` removes logs)")
-    if follow and inst.status in ACTIVE:
-        tail = shutil.which("tail")
-        if tail is None:
-            raise KasError("--follow needs `tail` on PATH")
-        start = str(lines) if lines is not None else "+1"
-        until = ["--pid", str(inst.pid)] if sys.platform.startswith("linux") and inst.pid else []
-        os.execv(tail, [tail, "-n", start, "-f", *until, "--", str(path)])
     out = sys.stdout.buffer
-    with path.open("rb") as log:
-        if lines is None:
-            shutil.copyfileobj(log, out)
-        else:
-            out.writelines(deque(log, maxlen=lines))  # streams: a long log is never read whole
+
+    def emit(raw: bytes) -> None:
+        out.write(raw)
+        out.flush()
+
+    follower = LogFollower(path, emit, tail_from_line(path, lines), live=follow and inst.status in ACTIVE)
+    try:
+        if follower.live:
+            wait_for_end(inst)
+    finally:
+        follower.stop()
 
 
 @instance.command("stop")

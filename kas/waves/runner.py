@@ -23,6 +23,7 @@ from kas.instances import mark_running
 from kas.launch import sdk, tmux
 from kas.launch.prepare import Prepared, ensure_command, prepare, warn_once
 from kas.launch.session import lower_agent_group
+from kas.logs import LogFollower
 from kas.registry import Instance, Registry, new_id
 from kas.resolver import ResolvedProfile
 from kas.statedir import private_dir, private_file, state_dir
@@ -212,10 +213,6 @@ class WaveRunner:
     def _finished(self, task_id: str, status: int | None) -> None:
         run = self.runs[task_id]
         run.ended, run.exit_status = time.time(), status
-        if self.options.show_output and self.output is not None and self.options.mode == "tmux":
-            # A tmux pane's output reaches its log through pipe-pane; echo it once the task is done.
-            for line in run.log.read_text(errors="replace").splitlines():
-                self.output(task_id, line.rstrip("\r"))
         ok = status == 0
         run.state = DONE if ok else FAILED
         if status is None:
@@ -301,9 +298,14 @@ class WaveRunner:
             )
             run.pid, run.pane = info.pid, info.pane_id
             pane_id = info.pane_id
+            # The pane's output reaches the log through pipe-pane; echo it from there as it comes.
+            follower = LogFollower(run.log, self._echo_to(task.id)) if self._streams else None
 
             def waiter() -> int | None:
-                return tmux.wait(self.options.tmux_socket, run.inst_id, pane_id)
+                status = tmux.wait(self.options.tmux_socket, run.inst_id, pane_id)
+                if follower is not None:
+                    follower.stop()
+                return status
 
         else:
             run.pid, waiter = self._start_sdk(run, prepared.argv, prepared.full_env(caller_env))
@@ -316,7 +318,7 @@ class WaveRunner:
         self, run: TaskRun, argv: list[str], env: dict[str, str]
     ) -> tuple[int, Callable[[], int | None]]:
         log = open(run.log, "ab")  # noqa: SIM115 - closed by the waiter when the task ends
-        stream = self.options.show_output and self.output is not None
+        stream = self._streams
         try:
             proc = sdk.start(
                 argv,
@@ -343,12 +345,25 @@ class WaveRunner:
 
         return proc.pid, wait
 
+    @property
+    def _streams(self) -> bool:
+        """--show-output with somewhere to show it."""
+        return self.options.show_output and self.output is not None
+
+    def _echo_to(self, task_id: str) -> Callable[[bytes], None]:
+        def echo(raw: bytes) -> None:
+            assert self.output is not None
+            self.output(task_id, raw.decode(errors="replace").rstrip("\r\n"))
+
+        return echo
+
     def _pump(self, task_id: str, proc: subprocess.Popen[bytes], log: Any) -> None:
-        assert proc.stdout is not None and self.output is not None
+        assert proc.stdout is not None
+        echo = self._echo_to(task_id)
         for raw in proc.stdout:
             log.write(raw)
             log.flush()
-            self.output(task_id, raw.decode(errors="replace").rstrip("\n"))
+            echo(raw)
 
     def _wait(self, task_id: str, pid: int | None, waiter: Callable[[], int | None]) -> None:
         """Lower the task's autogroup, then wait for it: both off the event loop, since the kernel may make
