@@ -7,11 +7,13 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from kas.registry import Instance, Registry
+from tests.conftest import KAS
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -53,7 +55,7 @@ def complete(kas, words: str, cwd: Path | None = None) -> list[str]:  # type: ig
     }
     result = kas(env=env, **({"cwd": cwd} if cwd else {}))
     assert result.returncode == 0, result.stderr
-    return [line.split(",", 1)[1] for line in result.stdout.splitlines()]
+    return [line.split(",", 1)[1] for line in result.stdout.splitlines() if line]
 
 
 def test_completes_instance_ids(kas, project: Path) -> None:
@@ -71,6 +73,50 @@ def test_completes_profile_names_and_set_keys(kas) -> None:
     assert complete(kas, "kas wave run --set max_par") == ["max_parallel_wave_tasks="]
     assert complete(kas, "kas wave run --set execution_mode=t") == ["execution_mode=tmux"]
     assert "profile=" in complete(kas, "kas wave run --set p")
+
+
+def test_bash_split_at_equals_still_completes_the_value(kas) -> None:
+    # What bash really sends for `--set execution_mode=t<TAB>`: "=" is a word break, so three words.
+    assert complete(kas, "kas wave run --set execution_mode = t") == ["tmux"]
+    assert sorted(complete(kas, "kas wave run --set execution_mode =")) == ["sdk", "tmux"]
+    assert complete(kas, "kas spawn --mode = t") == ["tmux"]
+    assert complete(kas, "kas wave run --set gomaxprocs = ") == []
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="bash not installed")
+def test_bash_itself_completes_a_set_value(project: Path, tmp_path: Path) -> None:
+    """Type into a real interactive bash on a pty, press TAB, and read what bash put on the line."""
+    import pty
+    import select
+
+    primary, secondary = pty.openpty()
+    env = {**os.environ, "HOME": str(tmp_path), "INPUTRC": "/dev/null", "PS1": "$ ", "TERM": "dumb"}
+    env["PATH"] = f"{Path(KAS).parent}{os.pathsep}{env['PATH']}"
+    shell = subprocess.Popen(["bash", "--norc", "--noprofile", "-i"], stdin=secondary, stdout=secondary,
+                             stderr=secondary, cwd=project, env=env, start_new_session=True)  # fmt: skip
+    os.close(secondary)
+
+    def until(text: str, timeout: float = 15) -> str:
+        seen = b""
+        deadline = time.monotonic() + timeout
+        while text.encode() not in seen:
+            ready, _, _ = select.select([primary], [], [], max(0.0, deadline - time.monotonic()))
+            if not ready:
+                raise AssertionError(
+                    f"bash never showed {text!r}; it showed {seen.decode(errors='replace')!r}"
+                )
+            seen += os.read(primary, 4096)
+        return seen.decode(errors="replace")
+
+    try:
+        os.write(primary, f"source {ROOT / 'completions' / 'kas.bash'}; echo sourced\n".encode())
+        until("sourced")
+        os.write(primary, b"kas wave run --set execution_mode=tm\t")
+        until("execution_mode=tmux")
+    finally:
+        shell.kill()
+        shell.wait()
+        os.close(primary)
 
 
 def test_completes_toml_plan_files(kas, project: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
@@ -54,6 +55,16 @@ def fail(message: str, code: int = 2) -> None:
 
 class KasGroup(click.Group):
     """A group that reports ``KasError`` as one line and its exit code, never as a traceback."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        if os.environ.get("_KAS_COMPLETE", "").startswith("bash"):
+            # Only while completing: the bash protocol class that rejoins key=value (see complete.py).
+            from click.shell_completion import add_completion_class
+
+            from kas.cli.complete import KasBashComplete
+
+            add_completion_class(KasBashComplete, "bash")
+        return super().main(*args, **kwargs)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:

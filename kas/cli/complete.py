@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import click
-from click.shell_completion import CompletionItem
+from click.shell_completion import BashComplete, CompletionItem
 
 from kas.profiles import KEYS, PROFILES
 
@@ -73,3 +73,34 @@ def plan_files(ctx: click.Context, param: click.Parameter, incomplete: str) -> l
         elif name.endswith(".toml"):
             items.append(CompletionItem(shown, type="plain"))
     return items
+
+
+class KasBashComplete(BashComplete):
+    """Bash completion that survives bash splitting ``key=value`` at the ``=``.
+
+    Bash breaks words at ``=`` (it is in COMP_WORDBREAKS), so ``--set execution_mode=t`` reaches Click as
+    ``execution_mode``, ``=``, ``t`` and would complete nothing. The pieces are joined back before Click
+    parses them, and since bash replaces only the text after the ``=``, answers lose what precedes it.
+    """
+
+    def get_completion_args(self) -> tuple[list[str], str]:
+        args, incomplete = super().get_completion_args()
+        words: list[str] = []
+        glue = False
+        for word in [*args, incomplete]:
+            if word == "=" and words:
+                words[-1] += word
+                glue = True
+            elif glue:
+                words[-1] += word
+                glue = False
+            else:
+                words.append(word)
+        joined = words.pop()
+        self.replaced = joined[: joined.rindex("=") + 1] if joined != incomplete else ""
+        return words, joined
+
+    def format_completion(self, item: CompletionItem) -> str:
+        if self.replaced and item.value.startswith(self.replaced):
+            item = CompletionItem(item.value[len(self.replaced) :], type=item.type, help=item.help)
+        return super().format_completion(item)
