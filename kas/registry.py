@@ -106,8 +106,13 @@ class Instance:
 COLUMNS = tuple(f.name for f in fields(Instance))
 
 
+def _column(name: str, value: Any) -> Any:
+    """A field as stored: the JSON fields as text, the rest as they are."""
+    return json.dumps(value) if name in JSON_FIELDS else value
+
+
 def _row_values(inst: Instance) -> list[Any]:
-    return [json.dumps(getattr(inst, c)) if c in JSON_FIELDS else getattr(inst, c) for c in COLUMNS]
+    return [_column(c, getattr(inst, c)) for c in COLUMNS]
 
 
 INSERT_SQL = f"INSERT INTO instances ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
@@ -194,9 +199,7 @@ class Registry:
 
     def update(self, inst_id: str, **values: Any) -> None:
         """Change some columns of one row atomically."""
-        for key in JSON_FIELDS:
-            if key in values:
-                values[key] = json.dumps(values[key])
+        values = {key: _column(key, value) for key, value in values.items()}
         assignments = ", ".join(f"{k} = ?" for k in values)
         with self.transaction() as conn:
             conn.execute(f"UPDATE instances SET {assignments} WHERE id = ?", [*values.values(), inst_id])
