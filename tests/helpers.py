@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import shutil
 import sys
 import threading
 from collections.abc import Iterable
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+import pytest
 
 AGENT = str(Path(__file__).with_name("agent.py"))
 
@@ -86,3 +88,17 @@ class Lines:
         while not self.queue.empty():
             taken.append(self.queue.get())
         return "".join(taken)
+
+
+def desktop_user_prefix() -> list[str]:
+    """An argv prefix that runs kas as a desktop user would: without CAP_SYS_ADMIN.
+
+    Root is exempt from the kernel's limit of one autogroup change per 100 ms, so a suite run as root
+    (CI is) would never meet the limit every real user meets; ``setpriv`` drops just that capability.
+    """
+    if os.geteuid() != 0:
+        return []
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("running as root and setpriv is missing: cannot run kas as a normal user")
+    return [setpriv, "--inh-caps=-sys_admin", "--bounding-set=-sys_admin"]

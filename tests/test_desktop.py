@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 from pathlib import Path
@@ -17,7 +16,7 @@ from kas.hostcheck import HostFacts, host_findings, verdict
 from kas.launch.session import apply_autogroup, autogroup_target
 from kas.resolver import resolve
 from tests.conftest import KAS
-from tests.helpers import agent_argv, make_fifo, read_report
+from tests.helpers import agent_argv, desktop_user_prefix, make_fifo, read_report
 
 linux_autogroup = pytest.mark.skipif(not host.autogroup_enabled(), reason="kernel without autogroup")
 
@@ -78,20 +77,6 @@ def test_the_agent_session_group_is_lowered_and_the_caller_group_is_not(
         assert next(c for c in check["checks"] if c["name"].startswith("pid "))["status"] == "ok"
     finally:
         kas("instance", "stop", "--grace", "1", row["id"])
-
-
-def desktop_user_prefix() -> list[str]:
-    """An argv prefix that runs kas as a desktop user would: without CAP_SYS_ADMIN.
-
-    Root is exempt from the kernel's limit of one autogroup change per 100 ms, so a suite run as root
-    (CI is) would never meet the limit every real user meets; ``setpriv`` drops just that capability.
-    """
-    if os.geteuid() != 0:
-        return []
-    setpriv = shutil.which("setpriv")
-    if setpriv is None:
-        pytest.skip("running as root and setpriv is missing: cannot run kas as a normal user")
-    return [setpriv, "--inh-caps=-sys_admin", "--bounding-set=-sys_admin"]
 
 
 # Each agent waits (at most 5 s) until its own session group is at nice 19, then reports.
