@@ -27,6 +27,7 @@ from kas.logs import LogFollower
 from kas.registry import Instance, Registry, new_id
 from kas.resolver import ResolvedProfile
 from kas.statedir import private_dir, private_file, state_dir
+from kas.waves.inbox import Inbox
 from kas.waves.plan import Plan, Task
 from kas.waves.scheduler import CANCELLED, DONE, FAILED, PENDING, RUNNING, WaveScheduler
 
@@ -111,7 +112,7 @@ class WaveRunner:
         self.emit_event = emit
         self.confirm = confirm
         self.output = output
-        self.events: queue.Queue[tuple[str, str, int | None]] = queue.Queue()
+        self.events: Inbox[tuple[str, str, int | None]] = Inbox()
         self.result = RunResult(new_id())
         self.runs: dict[str, TaskRun] = {}
         self.registry = Registry()
@@ -154,17 +155,8 @@ class WaveRunner:
             profile=self.resolved.name,
         )
         try:
-            for index in range(1, len(self.plan.waves) + 1):
-                if index > 1 and not self._ask(index):
-                    self.result.stopped_before = index
-                    break
-                if self._interrupt:
-                    raise Interrupted
-                self._run_wave(index, cap)
-                if self.options.fail_fast and self.result.failed:
-                    break
-        except Interrupted:
-            self._shutdown()
+            with self.events:
+                self._run_waves(cap)
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
@@ -176,6 +168,20 @@ class WaveRunner:
             interrupted=self.result.interrupted,
         )
         return self.result
+
+    def _run_waves(self, cap: int) -> None:
+        try:
+            for index in range(1, len(self.plan.waves) + 1):
+                if index > 1 and not self._ask(index):
+                    self.result.stopped_before = index
+                    break
+                if self._interrupt:
+                    raise Interrupted
+                self._run_wave(index, cap)
+                if self.options.fail_fast and self.result.failed:
+                    break
+        except Interrupted:
+            self._shutdown()
 
     def _ask(self, index: int) -> bool:
         """The confirmation prompt; Ctrl-C while it waits interrupts the run like any other wait."""
