@@ -7,11 +7,14 @@ written by whoever writes it (the agent, or tmux's pipe-pane), so a follower tha
 from __future__ import annotations
 
 import shutil
+import signal
 import subprocess
 import threading
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
+
+STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
 
 
 def tail_from_line(path: Path, lines: int | None) -> int:
@@ -56,6 +59,9 @@ class LogFollower:
         return self.tail is not None
 
     def _read(self) -> None:
+        # Signals are for the main thread, which decides when to stop: if the kernel gave one to this
+        # thread instead, Python would run its handler only once the main thread happens to wake.
+        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
         if self.tail is not None and self.tail.stdout is not None:
             for raw in self.tail.stdout:
                 self._show(raw)

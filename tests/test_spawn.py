@@ -6,6 +6,7 @@ import json
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -258,3 +259,23 @@ def test_instance_logs_explains_a_missing_log(kas, interactive) -> None:
     Path(log).unlink()
     assert_user_error(kas("instance", "logs", "bg"), log, "is gone")
     assert_user_error(kas("instance", "logs", "nope"), "no instance 'nope'")
+
+
+def test_following_logs_stops_on_ctrl_c_whichever_thread_the_kernel_picks(kas, interactive) -> None:
+    spawned = kas("spawn", "--detach", "--json", "--", sys.executable, "-c", "print('up', flush=True); "
+                  "import time; time.sleep(60)")  # fmt: skip
+    row = json.loads(spawned.stdout)
+    follower = subprocess.Popen([KAS, "instance", "logs", "-f", row["id"]], stdout=subprocess.PIPE, text=True)
+    try:
+        assert follower.stdout is not None
+        assert Lines(follower.stdout).next() == "up\n"
+        process = psutil.Process(follower.pid)
+        tail = [c.pid for c in process.children()]
+        others = [t.id for t in process.threads() if t.id != follower.pid]
+        assert tail and others  # tail, and the thread that reads it
+        os.kill(others[0], signal.SIGINT)  # kill() aimed at a thread id makes that thread the taker
+        assert follower.wait(timeout=10) == 130
+        assert still_running(tail) == []
+    finally:
+        follower.kill()
+        kas("instance", "stop", "--grace", "1", row["id"])
