@@ -16,6 +16,7 @@ import pytest
 from click.testing import CliRunner
 
 from kas.cli import main
+from kas.launch import sdk
 from kas.waves.scheduler import WaveScheduler
 from tests.conftest import KAS, assert_user_error
 from tests.helpers import Lines, make_fifo, still_running
@@ -378,45 +379,47 @@ def test_a_terminal_gets_a_live_view_redrawn_in_place(project: Path) -> None:
     assert "[2/2 finished]" in screen and "all 2 task(s) succeeded" in screen
 
 
+def run_until_ready(
+    project: Path, task_id: str, code: str, grace: float
+) -> tuple[subprocess.Popen[str], int]:
+    """Start a one-task wave (--json) whose task prints 'ready'; return the run and the task's pid once it has."""
+    (project / "plan.toml").write_text(
+        f'[[waves]]\n[[waves.tasks]]\nid = "{task_id}"\ncommand = {json.dumps([sys.executable, "-c", code])}\n'
+    )
+    proc = subprocess.Popen([KAS, "wave", "run", "--yes", "--json", "--grace", str(grace), "plan.toml"],
+                            cwd=project, stdout=subprocess.PIPE, text=True)  # fmt: skip
+    assert proc.stdout is not None
+    pid = next(json.loads(line)["pid"] for line in proc.stdout if '"task_promoted"' in line)
+    log = next(Path(os.environ["KAS_STATE_DIR"]).glob(f"logs/run-*/{task_id}.log"))
+    while "ready" not in log.read_text():
+        psutil.wait_procs([psutil.Process(pid)], timeout=0.05)
+    return proc, pid
+
+
 def test_an_interrupt_delivered_to_a_worker_thread_still_stops_the_run(project: Path) -> None:
     """The kernel gives a process's signal to any thread that can take it, not always the main one.
 
     kill() aimed at a worker thread's id makes that thread the one that takes it: the run must still
     stop at once, not when the next task event happens to wake the main thread (here: in 60 s).
     """
-    code = "print('ready', flush=True); import time; time.sleep(60)"
-    (project / "plan.toml").write_text(
-        f'[[waves]]\n[[waves.tasks]]\nid = "slow"\ncommand = {json.dumps([sys.executable, "-c", code])}\n'
-    )
-    proc = subprocess.Popen([KAS, "wave", "run", "--yes", "--json", "--grace", "1", "plan.toml"], cwd=project,
-                            stdout=subprocess.PIPE, text=True)  # fmt: skip
-    assert proc.stdout is not None
-    pid = next(json.loads(line)["pid"] for line in proc.stdout if '"task_promoted"' in line)
-    log = next(Path(os.environ["KAS_STATE_DIR"]).glob("logs/run-*/slow.log"))
-    while "ready" not in log.read_text():
-        psutil.wait_procs([psutil.Process(pid)], timeout=0.05)
+    proc, pid = run_until_ready(project, "slow", "print('ready', flush=True); import time; time.sleep(60)", 1)
     workers = [t.id for t in psutil.Process(proc.pid).threads() if t.id != proc.pid]
     assert workers, "the runner waits for its task in a thread of its own"
     os.kill(workers[0], signal.SIGINT)
     try:
         assert proc.wait(timeout=15) == 130
-    finally:
+        assert still_running([pid]) == []
+    finally:  # after a failed assertion, leave nothing running
         proc.kill()
-    assert still_running([pid]) == []
+        sdk.signal_group(pid, signal.SIGKILL)
 
 
 def test_a_second_interrupt_kills_without_waiting_out_the_grace_period(project: Path) -> None:
     stubborn = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready', flush=True); time.sleep(120)"
-    (project / "plan.toml").write_text(
-        f'[[waves]]\n[[waves.tasks]]\nid = "stubborn"\ncommand = {json.dumps([sys.executable, "-c", stubborn])}\n'
-    )
-    proc = subprocess.Popen([KAS, "wave", "run", "--yes", "--json", "--grace", "120", "plan.toml"], cwd=project,
-                            stdout=subprocess.PIPE, text=True)  # fmt: skip
+    proc, pid = run_until_ready(
+        project, "stubborn", stubborn, 120
+    )  # 'ready': its SIGTERM handler is in place
     assert proc.stdout is not None
-    pid = next(json.loads(line)["pid"] for line in proc.stdout if '"task_promoted"' in line)
-    log = next(Path(os.environ["KAS_STATE_DIR"]).glob("logs/run-*/stubborn.log"))
-    while "ready" not in log.read_text():  # the task has installed its SIGTERM handler
-        psutil.wait_procs([psutil.Process(pid)], timeout=0.05)
     proc.send_signal(signal.SIGINT)
     for line in proc.stdout:
         if '"run_interrupted"' in line:
