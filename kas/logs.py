@@ -14,7 +14,7 @@ from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
-STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+from kas.launch.sdk import STOP_SIGNALS
 
 
 def tail_from_line(path: Path, lines: int | None) -> int:

@@ -17,6 +17,9 @@ from typing import IO, Any
 
 from kas.errors import LaunchError
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+"""What stops kas (Ctrl-C, kill, a closed terminal): each command that runs agents handles all three."""
+
 
 def start(
     argv: Sequence[str],

@@ -141,7 +141,7 @@ def run_foreground(
     def forward(signum: int, _frame: Any) -> None:
         sdk.signal_group(proc.pid, signum)
 
-    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    previous = {sig: signal.signal(sig, forward) for sig in sdk.STOP_SIGNALS}
     try:
         status = sdk.exit_code(proc.wait())
     finally:

@@ -1,8 +1,8 @@
 """Drive the pure scheduler with real launches: one waiter thread per task turns its end into an event.
 
-The main thread only blocks on the event queue, so a finished task promotes the next one at once (no
-polling delay). Ctrl-C / SIGTERM stop every running group (SIGTERM, then SIGKILL after a grace period),
-cancel what is pending and leave the registry consistent.
+The main thread only blocks on its inbox (task events, and signals), so a finished task promotes the next
+one at once (no polling delay). Ctrl-C / SIGTERM stop every running group (SIGTERM, then SIGKILL after a
+grace period), cancel what is pending and leave the registry consistent.
 """
 
 from __future__ import annotations
@@ -141,9 +141,7 @@ class WaveRunner:
 
     # -- the run ----------------------------------------------------------------------------------------
     def run(self) -> RunResult:
-        previous = {
-            s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-        }
+        previous = {s: signal.signal(s, self._on_signal) for s in sdk.STOP_SIGNALS}
         cap = self.resolved["max_parallel_wave_tasks"]
         self.emit(
             "run_started",
