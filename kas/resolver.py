@@ -8,38 +8,73 @@ rules can be tested exhaustively with plain dictionaries. Callers pass in what t
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from kas.errors import ConfigError
-from kas.profiles import KEYS, OFF, PRESETS
+from kas.profiles import KEYS, OFF, PRESETS, PROFILE_ENV
 
-PROFILE_ENV = "KASMOS_RESOURCE_PROFILE"
-BUILD_JOB_VARS = ("CARGO_BUILD_JOBS", "CMAKE_BUILD_PARALLEL_LEVEL", "BUNDLE_JOBS", "UV_CONCURRENT_BUILDS")
+# The spec's five job hints ("etc."), plus the ones kasmos' own tests fill: each only where unset.
+BUILD_JOB_VARS = (
+    "CARGO_BUILD_JOBS",
+    "CMAKE_BUILD_PARALLEL_LEVEL",
+    "BUNDLE_JOBS",
+    "UV_CONCURRENT_BUILDS",
+    "NPM_CONFIG_JOBS",
+    "YARN_CHILD_CONCURRENCY",
+    "KASMOS_BUILD_JOBS",
+)
 IONICE_CLASS_NUMBER = {"best-effort": "2", "idle": "3"}
 
 
-@dataclass(frozen=True)
-class ResolvedProfile:
+class Settings(NamedTuple):
+    """Every ``[resources]`` key with its type, so no ``Any`` leaves the resolver.
+
+    The names, ranges and defaults live in ``profiles.KEYS``; a test keeps these fields equal to it.
+    """
+
+    nice: int
+    ionice_class: str
+    ionice_level: int
+    build_jobs: int
+    go_package_parallelism: int
+    gomaxprocs: int
+    max_parallel_wave_tasks: int
+    autogroup: bool
+    autogroup_nice: int | None
+    cgroup: str
+    cpu_weight: int | None
+    io_weight: int | None
+    execution_mode: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return self._asdict()
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> Settings:
+        """Settings from a stored row; keys a newer or older kas did not know take their defaults."""
+        return cls(**{k: values.get(k, default) for k, default in OFF.items()})
+
+
+class ResolvedProfile(NamedTuple):
     """Every setting with its value and where it came from (preset, override or default)."""
 
     name: str
-    settings: Mapping[str, Any]
+    settings: Settings
     sources: Mapping[str, str]
-    env: Mapping[str, str] = field(default_factory=dict)
+    env: Mapping[str, str] = {}
     warnings: tuple[str, ...] = ()
-
-    def __getitem__(self, key: str) -> Any:
-        return self.settings[key]
 
     @property
     def active(self) -> bool:
         """False for ``normal``: nothing is wrapped or injected."""
         return self.name != "normal"
 
+    def with_settings(self, **changes: Any) -> ResolvedProfile:
+        """A copy with some settings replaced (the bench's "nice/ionice only" case)."""
+        return self._replace(settings=self.settings._replace(**changes))
 
-@dataclass(frozen=True)
-class Wrapped:
+
+class Wrapped(NamedTuple):
     """The argv to execute plus anything the user should hear about once."""
 
     argv: list[str]
@@ -95,8 +130,8 @@ def resolve(table: Mapping[str, Any] | None) -> ResolvedProfile:
     if settings["ionice_class"] == "idle" and settings["ionice_level"]:
         if sources["ionice_level"] == "override":
             raise ConfigError(
-                f'ionice_level = {settings["ionice_level"]} has no meaning with ionice_class = "idle"; '
-                'remove ionice_level or use ionice_class = "best-effort"',
+                f"ionice_level = {settings['ionice_level']} has no meaning with ionice_class = "
+                '"idle"; remove ionice_level or use ionice_class = "best-effort"',
                 key="ionice_level",
             )
         settings["ionice_level"] = 0
@@ -104,37 +139,49 @@ def resolve(table: Mapping[str, Any] | None) -> ResolvedProfile:
     elif settings["ionice_class"] == "best-effort" and sources["ionice_level"] == "default":
         # Level 0 would *raise* I/O priority above the kernel default; kas only ever lowers it.
         settings["ionice_level"] = 7
-    return ResolvedProfile(name, settings, sources, forced, tuple(warnings))
+    return ResolvedProfile(name, Settings.from_dict(settings), sources, forced, tuple(warnings))
 
 
 def build_env(resolved: ResolvedProfile, caller_env: Mapping[str, str]) -> dict[str, str]:
-    """The variables to add to the agent's env: hints fill only unset names, forced values always win."""
+    """The variables to add to the agent's env: hints fill only unset names, forced values always win.
+
+    ``KASMOS_RESOURCE_PROFILE`` is kas's own label, so it always says which profile launched the agent
+    (an agent that runs kas itself passes its own label down); only a forced value replaces it.
+    """
     if not resolved.active:
         return {}
     add: dict[str, str] = {}
+    s = resolved.settings
 
     def fill(var: str, value: str) -> None:
         if var not in caller_env:
             add[var] = value
 
-    jobs = resolved["build_jobs"]
-    if jobs > 0:
-        fill("MAKEFLAGS", f"-j{jobs}")
+    if s.build_jobs > 0:
+        fill("MAKEFLAGS", f"-j{s.build_jobs}")
         for var in BUILD_JOB_VARS:
-            fill(var, str(jobs))
-    if resolved["go_package_parallelism"] > 0:
-        fill("GOFLAGS", f"-p={resolved['go_package_parallelism']}")
-    if resolved["gomaxprocs"] > 0:
-        fill("GOMAXPROCS", str(resolved["gomaxprocs"]))
-    add.update(resolved.env)
+            fill(var, str(s.build_jobs))
+    if s.go_package_parallelism > 0:
+        fill("GOFLAGS", f"-p={s.go_package_parallelism}")
+    if s.gomaxprocs > 0:
+        fill("GOMAXPROCS", str(s.gomaxprocs))
     add[PROFILE_ENV] = resolved.name
+    add.update(resolved.env)
     return add
 
 
 def uses_cgroup(resolved: ResolvedProfile, user_manager: bool) -> bool:
     """Whether agents go into a systemd scope: ``systemd`` always asks, ``auto`` only when one answers."""
-    mode = resolved["cgroup"]
+    mode = resolved.settings.cgroup
     return resolved.active and (mode == "systemd" or (mode == "auto" and user_manager))
+
+
+def autogroup_target(resolved: ResolvedProfile) -> int:
+    """The autogroup nice the profile asks for (0 = leave the session group alone)."""
+    s = resolved.settings
+    if not (resolved.active and s.autogroup):
+        return 0
+    return s.autogroup_nice or s.nice
 
 
 def wrap_argv(
@@ -152,37 +199,36 @@ def wrap_argv(
     warnings: list[str] = []
     if not resolved.active:
         return Wrapped(list(argv), prefix)
+    s = resolved.settings
     linux = platform.startswith("linux")
 
-    if linux and resolved["cgroup"] != "off":
+    if linux and s.cgroup != "off":
         if user_manager:
             if which("systemd-run"):
                 prefix += ["systemd-run", "--user", "--scope", "--quiet"]
-                for prop, key in (("CPUWeight", "cpu_weight"), ("IOWeight", "io_weight")):
-                    if resolved[key] is not None:
-                        prefix += ["-p", f"{prop}={resolved[key]}"]
+                for prop, weight in (("CPUWeight", s.cpu_weight), ("IOWeight", s.io_weight)):
+                    if weight is not None:
+                        prefix += ["-p", f"{prop}={weight}"]
                 prefix.append("--")
             else:
                 warnings.append("systemd-run not found on PATH; agents run without a cgroup scope")
         else:
-            verb = "warning" if resolved["cgroup"] == "systemd" else "note"
+            verb = "warning" if s.cgroup == "systemd" else "note"
             warnings.append(
-                f'{verb}: no systemd user manager answers; cgroup = "{resolved["cgroup"]}" '
-                "falls back to nice/autogroup"
+                f'{verb}: no systemd user manager answers; cgroup = "{s.cgroup}" falls back to nice/autogroup'
             )
 
-    if resolved["nice"] > 0:
+    if s.nice > 0:
         if which("nice"):
-            prefix += ["nice", "-n", str(resolved["nice"])]
+            prefix += ["nice", "-n", str(s.nice)]
         else:
             warnings.append("nice not found on PATH; agents run without the nice wrapper")
 
-    io_class = resolved["ionice_class"]
-    if linux and io_class != "none":
+    if linux and s.ionice_class != "none":
         if which("ionice"):
-            prefix += ["ionice", "-c", IONICE_CLASS_NUMBER[io_class]]
-            if io_class == "best-effort":
-                prefix += ["-n", str(resolved["ionice_level"])]
+            prefix += ["ionice", "-c", IONICE_CLASS_NUMBER[s.ionice_class]]
+            if s.ionice_class == "best-effort":
+                prefix += ["-n", str(s.ionice_level)]
         else:
             warnings.append("ionice not found on PATH; agents run without the ionice wrapper")
     return Wrapped([*prefix, *argv], prefix, tuple(warnings))

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import assume, given
+from hypothesis import given
 from hypothesis import strategies as st
 
 from kas.errors import ConfigError
-from kas.profiles import KEYS, OFF, PRESETS, validate_table
-from kas.resolver import build_env, merge_tables, resolve, wrap_argv
+from kas.profiles import KEYS, OFF, PRESETS, PROFILE_ENV, PROFILES, UNSET, Key, validate_table
+from kas.resolver import Settings, build_env, merge_tables, resolve, wrap_argv
 
 ALL_TOOLS = {"nice": "/usr/bin/nice", "ionice": "/usr/bin/ionice", "systemd-run": "/usr/bin/systemd-run"}
 
@@ -20,7 +20,7 @@ def which_all(name: str) -> str | None:
 def test_no_table_is_normal_with_everything_off() -> None:
     prof = resolve(None)
     assert prof.name == "normal"
-    assert dict(prof.settings) == OFF
+    assert prof.settings.to_dict() == OFF
     assert not prof.active
     assert build_env(prof, {}) == {}
     assert wrap_argv(prof, ["make"], "linux", which_all).argv == ["make"]
@@ -38,7 +38,7 @@ def test_interactive_is_the_spec_table() -> None:
         "max_parallel_wave_tasks": 1,
     }
     for key, value in expected.items():
-        assert prof[key] == value
+        assert getattr(prof.settings, key) == value
         assert prof.sources[key] == "preset"
     assert prof.sources["execution_mode"] == "default"
 
@@ -61,7 +61,7 @@ def test_interactive_is_the_spec_table() -> None:
 )
 def test_each_key_overrides_the_interactive_preset(key: str, value: object) -> None:
     prof = resolve(validate_table({"profile": "interactive", key: value}))
-    assert prof[key] == value
+    assert getattr(prof.settings, key) == value
     assert prof.sources[key] == "override"
     untouched = [
         k for k in PRESETS["interactive"] if k != key and not (key == "ionice_class" and k == "ionice_level")
@@ -71,15 +71,15 @@ def test_each_key_overrides_the_interactive_preset(key: str, value: object) -> N
 
 def test_custom_starts_from_off_and_takes_only_given_keys() -> None:
     prof = resolve({"profile": "custom", "nice": 5})
-    assert prof["nice"] == 5 and prof.sources["nice"] == "override"
-    assert prof["build_jobs"] == 0 and prof.sources["build_jobs"] == "default"
+    assert prof.settings.nice == 5 and prof.sources["nice"] == "override"
+    assert prof.settings.build_jobs == 0 and prof.sources["build_jobs"] == "default"
     assert wrap_argv(prof, ["x"], "linux", which_all).argv == ["nice", "-n", "5", "x"]
     assert build_env(prof, {}) == {"KASMOS_RESOURCE_PROFILE": "custom"}
 
 
 def test_custom_best_effort_without_level_takes_the_lowest_level() -> None:
     prof = resolve({"profile": "custom", "ionice_class": "best-effort"})
-    assert prof["ionice_level"] == 7
+    assert prof.settings.ionice_level == 7
 
 
 def test_custom_that_sets_nothing_is_an_error() -> None:
@@ -93,8 +93,8 @@ def test_keys_under_normal_are_ignored_with_a_warning_naming_them() -> None:
     prof = resolve(
         {"profile": "normal", "nice": 5, "gomaxprocs": 3, "env": {"A": "1"}, "execution_mode": "tmux"}
     )
-    assert prof["nice"] == 0 and prof["gomaxprocs"] == 0
-    assert prof["execution_mode"] == "tmux"
+    assert prof.settings.nice == 0 and prof.settings.gomaxprocs == 0
+    assert prof.settings.execution_mode == "tmux"
     assert len(prof.warnings) == 1
     assert "gomaxprocs" in prof.warnings[0] and "nice" in prof.warnings[0] and "env" in prof.warnings[0]
     assert build_env(prof, {}) == {}
@@ -105,7 +105,7 @@ def test_idle_with_a_level_is_an_error_but_idle_override_drops_the_preset_level(
         resolve({"profile": "custom", "ionice_class": "idle", "ionice_level": 3})
     assert err.value.key == "ionice_level"
     prof = resolve({"profile": "interactive", "ionice_class": "idle"})
-    assert prof["ionice_level"] == 0
+    assert prof.settings.ionice_level == 0
     assert wrap_argv(prof, ["x"], "linux", which_all).prefix == ["nice", "-n", "10", "ionice", "-c", "3"]
 
 
@@ -174,36 +174,72 @@ def test_cgroup_scope_wraps_outside_nice_when_a_user_manager_answers() -> None:
     assert forced.warnings[0].startswith("warning:")
 
 
+def test_settings_fields_are_the_key_table() -> None:
+    """The typed settings and the key table name the same keys, in the same order, with the same defaults."""
+    assert Settings._fields == tuple(KEYS)
+    assert Settings.from_dict({}).to_dict() == OFF == {k.name: k.default for k in KEYS.values()}
+    assert PRESETS["interactive"] == {
+        k.name: k.interactive for k in KEYS.values() if k.interactive is not UNSET
+    }
+
+
+def key_values(key: Key) -> st.SearchStrategy[object]:
+    """Every valid value of one key, derived from its row of the key table."""
+    if key.kind == "bool":
+        values: st.SearchStrategy[object] = st.booleans()
+    elif key.kind == "choice":
+        values = st.sampled_from(key.choices)
+    else:
+        values = st.integers(key.minimum or 0, key.maximum if key.maximum is not None else 64)
+    return st.none() | values if key.nullable else values
+
+
+env_names = st.sampled_from(["MAKEFLAGS", "GOFLAGS", "GOMAXPROCS", "NPM_CONFIG_JOBS", "FOO", PROFILE_ENV])
 valid_tables = st.fixed_dictionaries(
-    {"profile": st.sampled_from(["normal", "interactive", "custom"])},
+    {"profile": st.sampled_from(PROFILES)},
     optional={
-        "nice": st.integers(0, 19),
-        "ionice_class": st.sampled_from(["none", "best-effort", "idle"]),
-        "build_jobs": st.integers(0, 64),
-        "go_package_parallelism": st.integers(0, 64),
-        "gomaxprocs": st.integers(0, 64),
-        "max_parallel_wave_tasks": st.integers(0, 64),
-        "autogroup": st.booleans(),
-        "cgroup": st.sampled_from(["off", "auto", "systemd"]),
-        "cpu_weight": st.integers(1, 10000),
-        "execution_mode": st.sampled_from(["sdk", "tmux"]),
-        "env": st.dictionaries(
-            st.sampled_from(["MAKEFLAGS", "GOFLAGS", "FOO"]), st.text(max_size=5), min_size=1
-        ),
+        **{name: key_values(key) for name, key in KEYS.items()},
+        "env": st.dictionaries(env_names, st.text(max_size=5).filter(lambda v: "\0" not in v), min_size=1),
     },
 )
 caller_envs = st.dictionaries(
-    st.sampled_from(["MAKEFLAGS", "GOMAXPROCS", "GOFLAGS", "CARGO_BUILD_JOBS", "X"]), st.text(max_size=5)
+    st.sampled_from(
+        ["MAKEFLAGS", "GOMAXPROCS", "GOFLAGS", "CARGO_BUILD_JOBS", "KASMOS_BUILD_JOBS", "X", PROFILE_ENV]
+    ),
+    st.text(max_size=5),
 )
 
 
 @given(valid_tables, caller_envs)
-def test_property_resolve_never_raises_and_never_overwrites_unforced_caller_vars(table, caller) -> None:  # type: ignore[no-untyped-def]
-    # An empty custom profile is a documented error, not a valid table.
-    assume(table["profile"] != "custom" or set(table) & (set(KEYS) - {"execution_mode"}) or "env" in table)
-    prof = resolve(validate_table(table))
+def test_property_every_key_resolves_as_written_and_caller_vars_are_never_overwritten(table, caller) -> None:  # type: ignore[no-untyped-def]
+    try:
+        prof = resolve(validate_table(table))
+    except ConfigError as exc:
+        # The two documented refusals, and nothing else.
+        custom_empty = table["profile"] == "custom" and exc.key == "profile"
+        idle_level = (
+            exc.key == "ionice_level" and table.get("ionice_class") == "idle" and table["ionice_level"]
+        )
+        assert custom_empty or idle_level, exc
+        return
+    settings = prof.settings.to_dict()
+    for name, value in table.items():
+        if name in ("profile", "env"):
+            continue
+        applies = prof.name != "normal" or not KEYS[name].control
+        if applies and not (name == "ionice_level" and settings["ionice_class"] == "idle"):
+            assert settings[name] == value and prof.sources[name] == "override", name
+        if not applies:
+            assert settings[name] == OFF[name], name
     env = build_env(prof, caller)
+    forced = table.get("env", {}) if prof.active else {}
     for var in caller:
-        if var in env:
-            assert var in prof.env
-    assert wrap_argv(prof, ["cmd"], "linux", which_all).argv[-1] == "cmd"
+        if var in env and var != PROFILE_ENV:
+            assert var in forced and env[var] == forced[var]  # only a forced value replaces the caller's
+    if prof.active:
+        assert env[PROFILE_ENV] == forced.get(PROFILE_ENV, prof.name)
+    else:
+        assert env == {}
+    argv = wrap_argv(prof, ["cmd"], "linux", which_all).argv
+    assert argv[-1] == "cmd"
+    assert ("nice" in argv) == (prof.active and prof.settings.nice > 0)
