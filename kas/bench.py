@@ -12,18 +12,18 @@ from __future__ import annotations
 import os
 import signal
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from kas.launch import sdk
+from kas.launch.base import Handle, LaunchSpec
+from kas.launch.modes import launcher_for
 from kas.launch.prepare import prepare
-from kas.launch.session import lower_agent_group
+from kas.launch.session import autogroup_here, lower_group
 from kas.resolver import ResolvedProfile, resolve
 
 FRAME = 1 / 60
@@ -110,82 +110,64 @@ def summarize(case: str, agents: int, measured: tuple[list[float], int], cpu: fl
 
 
 class Agents:
-    """CPU-bound stand-in agents started through kas's own launch path; always cleaned up."""
+    """CPU-bound stand-in agents started through kas's own launchers; always cleaned up."""
 
-    def __init__(self, resolved: ResolvedProfile, count: int, mode: str, tmux_socket: str | None) -> None:
+    def __init__(
+        self,
+        resolved: ResolvedProfile,
+        count: int,
+        mode: str,
+        tmux_socket: str | None,
+        warn: Callable[[str], None] = lambda _: None,
+    ) -> None:
         self.resolved = resolved
         self.count = count
-        self.mode = mode
-        self.socket = tmux_socket
-        self.pids: list[int] = []
-        self.panes: list[str] = []
+        self.launcher = launcher_for(mode, tmux_socket=tmux_socket, tmux_session=BENCH_SESSION)
+        self.handles: list[Handle] = []
+        self.warn = warn
 
     def start(self) -> None:
         prepared = prepare(self.resolved, [sys.executable, "-c", AGENT_CODE], os.environ)
+        for message in prepared.warnings:
+            self.warn(message)
+        nice = autogroup_here(self.resolved)
         for index in range(self.count):
-            if self.mode == "tmux":
-                from kas.launch import tmux
-
-                info = tmux.start(
-                    self.tmux_id(index),
-                    prepared.argv,
-                    prepared.env,
-                    Path.cwd(),
-                    socket=self.socket,
-                    session_name=BENCH_SESSION,
-                    window_name=f"agent{index}",
-                    prefix_len=len(prepared.prefix),
-                )
-                assert info.pid is not None
-                pid = info.pid
-                self.panes.append(info.pane_id)
-            else:
-                env = prepared.full_env(os.environ)
-                devnull = subprocess.DEVNULL
-                pid = sdk.start(
-                    prepared.argv, env, Path.cwd(), stdin=devnull, stdout=devnull, stderr=devnull
-                ).pid
-            self.pids.append(pid)
-            lower_agent_group(self.resolved, pid)
-
-    def tmux_id(self, index: int) -> str:
-        """The instance id a bench agent's tmux pane records its exit status under."""
-        return f"bench-{os.getpid()}-{index}"
+            spec = LaunchSpec(
+                f"bench-{os.getpid()}-{index}",
+                f"agent{index}",
+                prepared,
+                Path.cwd(),
+                prepared.full_env(os.environ),
+                autogroup_nice=nice,
+            )
+            handle = self.launcher.start(spec)
+            self.handles.append(handle)
+            problem = lower_group(handle.pid, nice)
+            if problem:
+                self.warn(problem)
 
     def cpu_seconds(self) -> float:
         import psutil
 
         total = 0.0
-        for pid in self.pids:
+        for handle in self.handles:
             try:
-                proc = psutil.Process(pid)
+                proc = psutil.Process(handle.pid)
                 for p in [proc, *proc.children(recursive=True)]:
                     times = p.cpu_times()
                     total += times.user + times.system
-            except psutil.Error:
+            except (psutil.Error, ValueError):
                 continue
         return total
 
     def stop(self) -> None:
-        import psutil
-
-        for pid in self.pids:
-            sdk.signal_group(pid, signal.SIGKILL)
-        for pid in self.pids:
-            try:
-                proc = psutil.Process(pid)
-                if proc.ppid() == os.getpid():
-                    proc.wait(timeout=5)
-            except psutil.Error:
-                continue
-        if self.panes:
-            from kas.launch import tmux
-
-            subprocess.run(
-                [*tmux.tmux_argv(self.socket), "kill-session", "-t", BENCH_SESSION], capture_output=True
-            )
-            for index in range(len(self.panes)):
-                tmux.status_path(self.tmux_id(index)).unlink(missing_ok=True)
+        for handle in self.handles:
+            handle.signal(signal.SIGKILL)
+        for handle in self.handles:
+            handle.wait()
+            for path in handle.discard():
+                path.unlink(missing_ok=True)
+        self.launcher.release()
 
 
 @contextmanager
@@ -201,7 +183,7 @@ def cases(resolved: ResolvedProfile) -> list[tuple[str, ResolvedProfile]]:
     """normal, the spec's nice/ionice only (autogroup off), and the profile as configured."""
     normal = resolve({"profile": "normal"})
     base = resolved if resolved.active else resolve({"profile": "interactive"})
-    nice_only = replace(base, settings={**base.settings, "autogroup": False, "cgroup": "off"})
+    nice_only = base.with_settings(autogroup=False, cgroup="off")
     return [("normal", normal), ("nice/ionice only", nice_only), (f"profile: {base.name}", base)]
 
 
@@ -214,6 +196,7 @@ def run_bench(
     tmux_socket: str | None,
     work_ms: float = 4.0,
     progress: Callable[[str], None] = lambda _: None,
+    warn: Callable[[str], None] = lambda _: None,
 ) -> list[CaseResult]:
     """Run every case in turn; agents are stopped after each case (and on Ctrl-C)."""
     iterations = calibrate(work_ms)
@@ -221,7 +204,7 @@ def run_bench(
     results = [summarize("no load", 0, frame_loop(frames, iterations), 0.0)]
     for label, prof in cases(resolved):
         progress(label)
-        with running(Agents(prof, agents, mode, tmux_socket)) as group:
+        with running(Agents(prof, agents, mode, tmux_socket, warn)) as group:
             time.sleep(0.2)  # let the agents get going before the first frame
             cpu_before = group.cpu_seconds()
             measured = frame_loop(frames, iterations)

@@ -8,10 +8,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kas import platform as host
 from kas.resolver import ResolvedProfile, uses_cgroup
+
+if TYPE_CHECKING:
+    from kas.probe import ProcFacts
 
 
 @dataclass(frozen=True)
@@ -71,21 +74,18 @@ def tool_findings(platform: str, which: Callable[[str], str | None], mode: str) 
     return found
 
 
-def host_findings(facts: HostFacts, resolved: ResolvedProfile) -> list[Finding]:
-    """Autogroup, cgroups and the I/O scheduler, then one verdict on whether the profile will hold."""
+def host_findings(
+    facts: HostFacts, resolved: ResolvedProfile | None, tools: list[Finding] | None = None
+) -> list[Finding]:
+    """Autogroup, cgroups and the I/O scheduler, then one verdict on whether the profile will hold.
+
+    The machine's rows are shown whatever the config says; with no usable config (``resolved`` None) or a
+    missing ``nice`` (a failed row in ``tools``) the verdict fails and says why.
+    """
     found: list[Finding] = []
     if not facts.platform.startswith("linux"):
         found.append(Finding("scheduler", "info", f"{facts.platform}: nice only; no autogroup or cgroups"))
-        verdict_ok = resolved.active and resolved["nice"] > 0
-        found.append(
-            Finding(
-                "verdict",
-                "ok" if verdict_ok else "warn",
-                "agents' nice ranks them below the desktop"
-                if verdict_ok
-                else 'no nice is applied; set profile = "interactive"',
-            )
-        )
+        found.append(_verdict(facts, resolved, tools or []))
         return found
     if facts.autogroup is None:
         found.append(Finding("autogroup", "info", "not in this kernel"))
@@ -110,13 +110,26 @@ def host_findings(facts: HostFacts, resolved: ResolvedProfile) -> list[Finding]:
         found.append(Finding("I/O scheduler", "warn", "none: ionice classes have no effect on this disk"))
     else:
         found.append(Finding("I/O scheduler", "ok", sched))
-    found.append(verdict(facts, resolved))
+    found.append(_verdict(facts, resolved, tools or []))
     return found
+
+
+def _verdict(facts: HostFacts, resolved: ResolvedProfile | None, tools: list[Finding]) -> Finding:
+    if resolved is None:
+        return Finding("verdict", "fail", "the config cannot be used; fix the error in the config row")
+    missing = [t.name.split()[0] for t in tools if t.status == "fail"]
+    if missing:
+        return Finding("verdict", "fail", f"{', '.join(missing)} is missing; install it (see above)")
+    return verdict(facts, resolved)
 
 
 def verdict(facts: HostFacts, resolved: ResolvedProfile) -> Finding:
     """Will agents yield the CPU to processes of *other* sessions and apps (the desktop)?"""
-    if not resolved.active or resolved["nice"] == 0:
+    if not facts.platform.startswith("linux"):
+        if resolved.active and resolved.settings.nice > 0:
+            return Finding("verdict", "ok", "agents' nice ranks them below the desktop")
+        return Finding("verdict", "warn", 'no nice is applied; set profile = "interactive"')
+    if not resolved.active or resolved.settings.nice == 0:
         return Finding("verdict", "warn", 'no CPU priority is lowered; set profile = "interactive"')
     if uses_cgroup(resolved, facts.user_manager):
         return Finding("verdict", "ok", "agents run in a low-weight systemd scope: holds against other apps")
@@ -128,7 +141,7 @@ def verdict(facts: HostFacts, resolved: ResolvedProfile) -> Finding:
             f"agents share cgroup {facts.own_cgroup} and compete with other apps by cgroup weight, which "
             'nice does not change; set cgroup = "auto"',
         )
-    if facts.autogroup and not resolved["autogroup"]:
+    if facts.autogroup and not resolved.settings.autogroup:
         return Finding(
             "verdict",
             "fail",
@@ -136,3 +149,18 @@ def verdict(facts: HostFacts, resolved: ResolvedProfile) -> Finding:
             "loses frames; set autogroup = true",
         )
     return Finding("verdict", "ok", "the profile will hold against other sessions")
+
+
+def process_finding(pid: int, resolved: ResolvedProfile) -> tuple[Finding, list[ProcFacts]]:
+    """Compare a live process tree with what the profile promises on this machine (``check --pid``)."""
+    from kas.launch.session import autogroup_here
+    from kas.probe import compare, expected_facts, process_tree
+
+    procs = process_tree(pid)
+    if not procs:
+        return Finding(f"pid {pid}", "fail", "no such process"), []
+    expected = expected_facts(resolved, host.system(), autogroup_here(resolved))
+    bad = compare(procs, expected)
+    detail = "; ".join(f"pid {p.pid} ({p.name}): {', '.join(p.problems)}" for p in bad)
+    summary = detail or f"{len(procs)} process(es) match the {resolved.name} profile"
+    return Finding(f"pid {pid}", "fail" if bad else "ok", summary), procs

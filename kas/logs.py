@@ -14,7 +14,7 @@ from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
-from kas.launch.sdk import STOP_SIGNALS
+from kas.launch.groups import STOP_SIGNALS
 
 
 def tail_from_line(path: Path, lines: int | None) -> int:

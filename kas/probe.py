@@ -139,13 +139,19 @@ def create_time(pid: int) -> float | None:
         return None
 
 
-def expected_facts(resolved: ResolvedProfile, platform: str) -> dict[str, Any]:
-    """What the profile promises for every process of an agent's tree on this platform."""
-    expected: dict[str, Any] = {"nice": resolved["nice"] if resolved.active else None}
-    if resolved.active and platform.startswith("linux") and resolved["ionice_class"] != "none":
-        expected["ionice_class"] = resolved["ionice_class"]
-        if resolved["ionice_class"] == "best-effort":
-            expected["ionice_level"] = resolved["ionice_level"]
+def expected_facts(resolved: ResolvedProfile, platform: str, autogroup_nice: int = 0) -> dict[str, Any]:
+    """What the profile promises for every process of an agent's tree on this platform.
+
+    ``autogroup_nice`` is what kas writes on this machine (0: nothing, so nothing is expected).
+    """
+    s = resolved.settings
+    expected: dict[str, Any] = {"nice": s.nice if resolved.active else None}
+    if resolved.active and platform.startswith("linux") and s.ionice_class != "none":
+        expected["ionice_class"] = s.ionice_class
+        if s.ionice_class == "best-effort":
+            expected["ionice_level"] = s.ionice_level
+    if autogroup_nice:
+        expected["autogroup_nice"] = autogroup_nice
     return expected
 
 

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from kas import status as _status
 from kas.errors import RegistryError
 from kas.statedir import private_file, state_dir
 
@@ -59,8 +60,7 @@ MIGRATIONS: tuple[str, ...] = (
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 JSON_FIELDS = ("argv", "wrapped_argv", "settings", "env")
-# Statuses with no process behind them any more.
-FINISHED = ("exited", "failed", "cancelled", "lost")
+FINISHED = _status.FINISHED
 
 
 @dataclass
@@ -251,3 +251,12 @@ class Registry:
             gone = [inst for inst in map(Instance.from_row, conn.execute(query, params)) if not spare(inst)]
             conn.executemany("DELETE FROM instances WHERE id = ?", [(inst.id,) for inst in gone])
         return gone
+
+    def id_candidates(self, prefix: str, limit: int = 200) -> list[tuple[str, str, str]]:
+        """``(id, name, status)`` of rows whose id starts with ``prefix``, newest first (for completion)."""
+        rows = self.conn.execute(
+            "SELECT id, name, status FROM instances WHERE substr(id, 1, ?) = ?"
+            " ORDER BY created_at DESC LIMIT ?",
+            (len(prefix), prefix, limit),
+        ).fetchall()
+        return [(r["id"], r["name"], r["status"]) for r in rows]

@@ -13,8 +13,8 @@ import pytest
 
 from kas import platform as host
 from kas.hostcheck import HostFacts, host_findings, verdict
-from kas.launch.session import apply_autogroup, autogroup_target
-from kas.resolver import resolve
+from kas.launch.session import lower_group
+from kas.resolver import autogroup_target, resolve
 from tests.conftest import KAS
 from tests.helpers import agent_argv, desktop_user_prefix, make_fifo, read_report, still_running
 
@@ -53,10 +53,10 @@ def test_a_failed_autogroup_write_is_a_warning_not_an_error(
     fake = tmp_path / "proc"
     (fake / "123" / "autogroup").mkdir(parents=True)
     monkeypatch.setattr(host, "PROC", fake)
-    message = apply_autogroup(resolve({"profile": "interactive"}), 123)
+    message = lower_group(123, 19)
     assert message is not None and "pid 123" in message
     # An agent that already ended has nothing left to lower: no warning.
-    assert apply_autogroup(resolve({"profile": "interactive"}), 999_999_999) is None
+    assert lower_group(999_999_999, 19) is None
 
 
 @linux_autogroup

@@ -16,6 +16,7 @@ import pytest
 
 from kas import platform as host
 from kas.launch import tmux
+from kas.registry import Instance
 from tests.conftest import KAS, assert_user_error
 from tests.helpers import Lines, agent_argv, desktop_user_prefix, make_fifo, read_report, still_running
 
@@ -72,10 +73,10 @@ def test_agent_and_grandchild_run_at_the_profile_priority_with_the_build_env(
     finally:
         stopped = kas("instance", "stop", "--grace", "2", "--json", row["id"])
     assert stopped.returncode == 0, stopped.stderr
-    assert json.loads(stopped.stdout) == [{"id": row["id"], "status": "exited", "exit_status": 143}]
+    assert json.loads(stopped.stdout) == [{"id": row["id"], "status": "stopped", "exit_status": 143}]
     assert still_running([report["child"]]) == []
     after = {r["id"]: r for r in list_json(kas)}[row["id"]]
-    assert after["status"] == "exited" and after["exit_status"] == 143
+    assert after["status"] == "stopped" and after["exit_status"] == 143
 
 
 def test_foreground_sdk_passes_the_exit_status_through_and_records_it(kas, interactive) -> None:
@@ -139,7 +140,7 @@ def test_tmux_window_keeps_the_exit_status(kas, interactive, tmux_socket: str) -
     code = "import sys; print('to the log'); sys.exit(4)"
     result = kas("spawn", "--mode", "tmux", "--json", "--", sys.executable, "-c", code)
     row = json.loads(result.stdout)
-    assert tmux.wait(tmux_socket, row["id"], row["tmux_target"]) == 4
+    assert tmux.TmuxLauncher(tmux_socket).attach(Instance(**row)).wait() == 4
     shown = json.loads(kas("instance", "show", "--json", row["id"]).stdout)
     assert "to the log" in Path(shown["log_path"]).read_text()
     listed = {r["id"]: r for r in list_json(kas)}

@@ -16,7 +16,7 @@ import pytest
 from click.testing import CliRunner
 
 from kas.cli import main
-from kas.launch import sdk
+from kas.launch.groups import signal_group
 from kas.waves.scheduler import WaveScheduler
 from tests.conftest import KAS, assert_user_error
 from tests.helpers import Lines, make_fifo, still_running
@@ -232,7 +232,7 @@ def test_interrupt_stops_everything_and_leaves_the_registry_consistent(
     assert still_running(tree) == []
     rows = {r["task_id"]: r for r in json.loads(kas("instance", "list", "--all", "--json").stdout)}
     assert rows["t2"]["status"] == "cancelled"
-    assert {rows["t0"]["status"], rows["t1"]["status"]} == {"exited"}
+    assert {rows["t0"]["status"], rows["t1"]["status"]} == {"stopped"}
 
 
 def test_tmux_mode_runs_each_task_in_a_window(kas, project: Path, tmux_socket: str) -> None:
@@ -309,7 +309,7 @@ def test_bundled_example_runs(kas) -> None:
     example = Path(__file__).resolve().parent.parent / "examples" / "plan.toml"
     result = kas("wave", "run", "--yes", str(example), env={**os.environ, "PATH": os.environ["PATH"]})
     assert result.returncode == 0, result.stderr
-    assert "all 4 task(s) succeeded" in result.stdout
+    assert "all 4 tasks succeeded" in result.stdout
     assert "\x1b[" not in result.stdout  # piped: plain lines, no redraw
 
 
@@ -351,7 +351,7 @@ def test_show_output_streams_while_the_task_runs(project: Path, tmp_path: Path, 
             go.write("go\n")
     assert proc.wait(timeout=15) == 0
     text = lines.rest()
-    assert "[t] last" in text and text.index("[t] last") < text.index("done     t")
+    assert "[t] last" in text and text.index("[t] last") < text.index("exited 0 t")
 
 
 def test_a_terminal_gets_a_live_view_redrawn_in_place(project: Path) -> None:
@@ -376,7 +376,7 @@ def test_a_terminal_gets_a_live_view_redrawn_in_place(project: Path) -> None:
     assert proc.wait(timeout=30) == 0
     screen = b"".join(chunks).decode()
     assert "\x1b[2K" in screen and "\x1b[" in screen.replace("\x1b[2K", "")
-    assert "[2/2 finished]" in screen and "all 2 task(s) succeeded" in screen
+    assert "[2/2 finished]" in screen and "all 2 tasks succeeded" in screen
 
 
 def run_until_ready(
@@ -411,7 +411,7 @@ def test_an_interrupt_delivered_to_a_worker_thread_still_stops_the_run(project: 
         assert still_running([pid]) == []
     finally:  # after a failed assertion, leave nothing running
         proc.kill()
-        sdk.signal_group(pid, signal.SIGKILL)
+        signal_group(pid, signal.SIGKILL)
 
 
 def test_a_second_interrupt_kills_without_waiting_out_the_grace_period(project: Path) -> None:

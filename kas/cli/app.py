@@ -1,14 +1,14 @@
-"""What every command shares: the lazily loaded config, and turning user errors into one line + exit 2."""
+"""What every command shares: the lazily loaded config, the output, and user errors as one line + exit 2."""
 
 from __future__ import annotations
 
 import os
-import sys
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 import click
 
+from kas.cli.output import Output
 from kas.errors import KasError
 
 if TYPE_CHECKING:
@@ -21,6 +21,7 @@ class App:
 
     def __init__(self, config_file: str | None) -> None:
         self.config_file = config_file
+        self.out = Output()
 
     @cached_property
     def config(self) -> Config:
@@ -32,25 +33,19 @@ class App:
         """The one resolved profile for this invocation; its warnings go to stderr once."""
         resolved = self.config.resolve(*extra)
         if not quiet:
-            for warning in resolved.warnings:
-                warn(f"{self.config.path}: {warning}" if self.config.path else warning)
+            where = f"{self.config.path}: " if self.config.path else ""
+            self.out.warn_all(where + w for w in resolved.warnings)
         return resolved
+
+    def output(self, as_json: bool) -> Output:
+        """The command's output, in JSON or for people."""
+        self.out.as_json = as_json
+        return self.out
 
     @property
     def config_label(self) -> str:
         path = self.config.path
         return str(path) if path else "(none: built-in normal profile)"
-
-
-def warn(message: str) -> None:
-    """One line on stderr that a script can tell apart from output."""
-    click.echo(f"kas: {message}", err=True)
-
-
-def fail(message: str, code: int = 2) -> None:
-    """Print ``kas: error: ...`` and exit; used for user errors found in the CLI layer itself."""
-    click.echo(f"kas: error: {message}", err=True)
-    sys.exit(code)
 
 
 class KasGroup(click.Group):

@@ -9,8 +9,7 @@ import sys
 import click
 
 from kas.cli.app import App
-from kas.cli.output import echo_json, table
-from kas.profiles import EXECUTION_MODES
+from kas.cli.options import json_option, mode_option, tmux_socket_option
 
 
 @click.group()
@@ -22,13 +21,12 @@ def bench() -> None:
 @click.option("--agents", type=click.IntRange(1, 256), help="CPU-bound agents per case [default: 2 x cores].")
 @click.option("--frames", type=click.IntRange(10, 100000), default=600, show_default=True,
               help="60 Hz frames per case (600 = about 10 s).")  # fmt: skip
-@click.option("--mode", type=click.Choice(EXECUTION_MODES), default="sdk", show_default=True,
-              help="Launch the agents directly or in tmux windows.")  # fmt: skip
-@click.option("--tmux-socket", envvar="KAS_TMUX_SOCKET", help="tmux socket name (tmux -L) for --mode tmux.")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@mode_option("Launch the agents directly or in tmux windows [default: sdk].")
+@tmux_socket_option
+@json_option()
 @click.pass_obj
 def responsiveness(
-    app: App, agents: int | None, frames: int, mode: str, tmux_socket: str | None, as_json: bool
+    app: App, agents: int | None, frames: int, mode: str | None, tmux_socket: str | None, as_json: bool
 ) -> None:
     """Frame times of a foreground loop alone and against N CPU-bound agents.
 
@@ -39,25 +37,40 @@ def responsiveness(
     """
     from kas.bench import run_bench
 
+    out = app.output(as_json)
     resolved = app.resolve(quiet=as_json)
     count = agents or 2 * (os.cpu_count() or 1)
 
     def progress(label: str) -> None:
         if not as_json:
-            click.echo(f"running: {label} ...", err=True)
+            out.line(f"running: {label} ...", err=True)
 
     def interrupt(_signum: int, _frame: object) -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, interrupt)
     try:
-        results = run_bench(resolved, agents=count, frames=frames, mode=mode, tmux_socket=tmux_socket,
-                            progress=progress)  # fmt: skip
+        results = run_bench(
+            resolved,
+            agents=count,
+            frames=frames,
+            mode=mode or "sdk",
+            tmux_socket=tmux_socket,
+            progress=progress,
+            warn=out.warn,
+        )
     except KeyboardInterrupt:
-        click.echo("interrupted; every agent was stopped", err=True)
+        out.line("interrupted; every agent was stopped", err=True)
         sys.exit(130)
     if as_json:
-        echo_json({"frames": frames, "agents": count, "mode": mode, "cases": [r.to_json() for r in results]})
+        out.json(
+            {
+                "frames": frames,
+                "agents": count,
+                "mode": mode or "sdk",
+                "cases": [r.to_json() for r in results],
+            }
+        )
         return
     normal_cpu = next((r.agent_cpu_s for r in results if r.case == "normal"), 0) or None
     rows = [
@@ -71,7 +84,7 @@ def responsiveness(
         )
         for r in results
     ]
-    click.echo(table(rows, ("CASE", "AGENTS", "P50 ms", "P99 ms", "MISSED", "AGENT CPU s")))
+    out.table(rows, ("CASE", "AGENTS", "P50 ms", "P99 ms", "MISSED", "AGENT CPU s"))
 
 
 def _cpu(seconds: float, normal: float | None) -> str:

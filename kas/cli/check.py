@@ -9,15 +9,19 @@ import click
 
 from kas import platform as host
 from kas.cli.app import App
-from kas.cli.output import echo_json, table
+from kas.cli.options import json_option
 from kas.errors import ConfigError
-from kas.hostcheck import Finding, HostFacts, host_findings, tool_findings
-from kas.launch.session import autogroup_here
+from kas.hostcheck import Finding, HostFacts, host_findings, process_finding, tool_findings
+from kas.probe import ProcFacts
 
 
 @click.command()
-@click.option("--pid", type=int, help="Also read this process's (and its children's) niceness and I/O class.")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option(
+    "--pid",
+    type=click.IntRange(min=1),
+    help="Also read this process's (and its children's) niceness, I/O class and autogroup.",
+)
+@json_option()
 @click.pass_obj
 def check(app: App, pid: int | None, as_json: bool) -> None:
     """Check that the resource controls can work on this machine.
@@ -26,6 +30,7 @@ def check(app: App, pid: int | None, as_json: bool) -> None:
     will hold against other sessions. Exit 0 unless something fails. With --pid, compare a running
     process tree with the resolved profile (exit 1 on a mismatch, naming what differs).
     """
+    out = app.output(as_json)
     findings: list[Finding] = []
     resolved = None
     try:
@@ -33,34 +38,17 @@ def check(app: App, pid: int | None, as_json: bool) -> None:
         findings.append(Finding("config", "ok", app.config_label + f" (profile {resolved.name})"))
     except ConfigError as exc:
         findings.append(Finding("config", "fail", str(exc)))
-    mode = resolved["execution_mode"] if resolved else "sdk"
-    findings += tool_findings(host.system(), host.which, mode)
-    if resolved is not None:
-        findings += host_findings(HostFacts.gather(Path.cwd()), resolved)
-
-    procs = []
+    mode = resolved.settings.execution_mode if resolved else "sdk"
+    tools = tool_findings(host.system(), host.which, mode)
+    findings += tools
+    findings += host_findings(HostFacts.gather(Path.cwd()), resolved, tools)
+    procs: list[ProcFacts] = []
     if pid is not None and resolved is not None:
-        from kas.probe import compare, expected_facts, process_tree
-
-        procs = process_tree(pid)
-        if not procs:
-            findings.append(Finding(f"pid {pid}", "fail", "no such process"))
-        else:
-            expected = expected_facts(resolved, host.system())
-            if autogroup_here(resolved):
-                expected["autogroup_nice"] = autogroup_here(resolved)
-            bad = compare(procs, expected)
-            findings.append(
-                Finding(
-                    f"pid {pid}",
-                    "fail" if bad else "ok",
-                    "; ".join(f"pid {p.pid} ({p.name}): {', '.join(p.problems)}" for p in bad)
-                    or f"{len(procs)} process(es) match the {resolved.name} profile",
-                )
-            )
+        found, procs = process_finding(pid, resolved)
+        findings.append(found)
     failed = any(f.status == "fail" for f in findings)
     if as_json:
-        echo_json(
+        out.json(
             {
                 "ok": not failed,
                 "checks": [f.to_json() for f in findings],
@@ -68,14 +56,12 @@ def check(app: App, pid: int | None, as_json: bool) -> None:
             }
         )
     else:
-        click.echo(table(((f.name, f.status, f.detail) for f in findings), ("CHECK", "STATUS", "DETAIL")))
+        out.table(((f.name, out.status(f.status), f.detail) for f in findings), ("CHECK", "STATUS", "DETAIL"))
         if procs:
-            click.echo()
-            click.echo(
-                table(
-                    ((p.pid, p.name, p.nice, p.io, _dash(p.autogroup_nice)) for p in procs),
-                    ("PID", "NAME", "NI", "IO", "AG-NI"),
-                )
+            out.line()
+            out.table(
+                ((p.pid, p.name, p.nice, p.io, _dash(p.autogroup_nice)) for p in procs),
+                ("PID", "NAME", "NI", "IO", "AG-NI"),
             )
     sys.exit(1 if failed else 0)
 

@@ -21,30 +21,21 @@ def instance_ids(ctx: click.Context, param: click.Parameter, incomplete: str) ->
     except KasError:
         return []
     try:
-        rows = registry.conn.execute(
-            "SELECT id, name, status FROM instances WHERE substr(id, 1, ?) = ?"
-            " ORDER BY created_at DESC LIMIT 200",
-            (len(incomplete), incomplete),
-        ).fetchall()
+        rows = registry.id_candidates(incomplete)
     finally:
         registry.close()
-    return [CompletionItem(r["id"], help=f"{r['name']} ({r['status']})") for r in rows]
+    return [CompletionItem(inst_id, help=f"{name} ({status})") for inst_id, name, status in rows]
 
 
 def set_keys(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[CompletionItem]:
     """``--set KEY=VALUE``: complete the key, then the choices of choice keys."""
     if "=" in incomplete:
         name, _, value = incomplete.partition("=")
-        key = KEYS.get(name)
-        if key is None:
-            return []
-        options = key.choices or (("true", "false") if key.kind == "bool" else ())
-        if name == "profile":
-            options = PROFILES
+        options = PROFILES if name == "profile" else KEYS[name].completions() if name in KEYS else ()
         return [CompletionItem(f"{name}={o}") for o in options if o.startswith(value)]
     names = [*KEYS, "profile"]
     return [
-        CompletionItem(f"{k}=", help=KEYS[k].help if k in KEYS else "")
+        CompletionItem(f"{k}=", help=KEYS[k].help if k in KEYS else "Which preset to start from.")
         for k in names
         if k.startswith(incomplete)
     ]

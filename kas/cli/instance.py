@@ -9,7 +9,8 @@ import click
 
 from kas.cli.app import App
 from kas.cli.complete import instance_ids
-from kas.cli.output import echo_json, table
+from kas.cli.options import grace_option, json_option
+from kas.cli.output import safe
 from kas.errors import KasError
 
 if TYPE_CHECKING:
@@ -49,7 +50,7 @@ def short(text: str, width: int = 40) -> str:
 
 @instance.command("list")
 @click.option("--all", "show_all", is_flag=True, help="Include finished instances.")
-@click.option("--json", "as_json", is_flag=True, help="A JSON list; each object has resource_profile.")
+@json_option("A JSON list; each object has resource_profile.")
 @click.pass_obj
 def list_instances(app: App, show_all: bool, as_json: bool) -> None:
     """List agents with their live status, niceness (NI), I/O class (IO) and autogroup nice (AG).
@@ -59,32 +60,32 @@ def list_instances(app: App, show_all: bool, as_json: bool) -> None:
     import shlex
 
     from kas.instances import refresh
+    from kas.status import FINISHED
 
+    out = app.output(as_json)
     registry = _open()
     try:
         views = [refresh(registry, inst) for inst in registry.instances(include_finished=show_all)]
     finally:
         registry.close()
     if not show_all:
-        views = [v for v in views if v.status in ("running", "starting", "pending")]
+        views = [v for v in views if v.status not in FINISHED]
     if as_json:
-        echo_json([v.to_json() for v in views])
+        out.json([v.to_json() for v in views])
         return
     if not views:
-        click.echo("no instances" + ("" if show_all else " running (use --all for finished ones)"))
+        out.line("no instances" + ("" if show_all else " running (use --all for finished ones)"))
         return
     now = time.time()
     rows = []
     for v in views:
         root = v.procs[0] if v.procs else None
-        status = v.label if v.status != "pending" else "pending"
-        if v.inst.task_id:
-            status += f" [{v.inst.task_id}]"
+        status = v.label + (f" [{safe(v.inst.task_id)}]" if v.inst.task_id else "")
         rows.append(
             (
                 v.inst.id,
                 v.inst.name,
-                status,
+                out.status(status),
                 v.inst.resource_profile,
                 root.nice if root else "-",
                 root.io if root else "-",
@@ -94,26 +95,28 @@ def list_instances(app: App, show_all: bool, as_json: bool) -> None:
                 short(shlex.join(v.inst.argv)),
             )
         )
-    click.echo(table(rows, ("ID", "NAME", "STATUS", "PROFILE", "NI", "IO", "AG", "MODE", "AGE", "COMMAND")))
+    out.table(rows, ("ID", "NAME", "STATUS", "PROFILE", "NI", "IO", "AG", "MODE", "AGE", "COMMAND"))
 
 
 @instance.command("show")
 @click.argument("inst_id", metavar="ID", shell_complete=instance_ids)
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@json_option()
 @click.pass_obj
 def show(app: App, inst_id: str, as_json: bool) -> None:
     """Every stored field of one instance, plus the live priority of its process tree."""
     import shlex
 
+    from kas.cli.profile import shown
     from kas.instances import refresh
 
+    out = app.output(as_json)
     registry = _open()
     try:
         view = refresh(registry, _find(registry, inst_id))
     finally:
         registry.close()
     if as_json:
-        echo_json(view.to_json())
+        out.json(view.to_json())
         return
     inst = view.inst
     rows: list[tuple[str, object]] = [("id", inst.id), ("name", inst.name), ("status", view.label)]
@@ -132,28 +135,26 @@ def show(app: App, inst_id: str, as_json: bool) -> None:
     ]
     if inst.wave_run:
         rows.append(("wave", f"{inst.wave_run} wave {inst.wave_index} task {inst.task_id}"))
-    rows += [(f"setting {k}", v) for k, v in inst.settings.items()]
+    rows += [(f"setting {k}", shown(v)) for k, v in inst.settings.items()]
     rows += [(f"env {k}", v) for k, v in inst.env.items()]
     width = max(len(key) for key, _ in rows)
     for key, value in rows:
-        click.echo(f"{key:<{width}}  {value}")
+        out.line(f"{safe(key):<{width}}  {safe(value)}")
     if view.procs:
-        click.echo("\nlive process tree:")
-        click.echo(
-            table(
+        out.line("\nlive process tree:")
+        out.table(
+            (
                 (
-                    (
-                        p.pid,
-                        p.name,
-                        p.nice,
-                        p.io,
-                        "-" if p.autogroup_nice is None else p.autogroup_nice,
-                        p.cgroup or "-",
-                    )
-                    for p in view.procs
-                ),
-                ("PID", "NAME", "NI", "IO", "AG", "CGROUP"),
-            )
+                    p.pid,
+                    p.name,
+                    p.nice,
+                    p.io,
+                    "-" if p.autogroup_nice is None else p.autogroup_nice,
+                    p.cgroup or "-",
+                )
+                for p in view.procs
+            ),
+            ("PID", "NAME", "NI", "IO", "AG", "CGROUP"),
         )
 
 
@@ -175,8 +176,9 @@ def logs(app: App, inst_id: str, follow: bool, lines: int | None) -> None:
     import sys
     from pathlib import Path
 
-    from kas.instances import ACTIVE, refresh, wait_for_end
+    from kas.instances import refresh, wait_for_end
     from kas.logs import LogFollower, tail_from_line
+    from kas.status import ACTIVE
 
     registry = _open()
     try:
@@ -204,8 +206,8 @@ def logs(app: App, inst_id: str, follow: bool, lines: int | None) -> None:
 
 @instance.command("stop")
 @click.argument("inst_ids", nargs=-1, required=True, metavar="ID...", shell_complete=instance_ids)
-@click.option("--grace", default=5.0, show_default=True, help="Seconds between SIGTERM and SIGKILL.")
-@click.option("--json", "as_json", is_flag=True, help="A JSON list of the stopped instances.")
+@grace_option()
+@json_option("A JSON list of the stopped instances.")
 @click.pass_obj
 def stop(app: App, inst_ids: tuple[str, ...], grace: float, as_json: bool) -> None:
     """Stop agents: SIGTERM to the process group (or the tmux pane), SIGKILL after --grace seconds.
@@ -214,6 +216,7 @@ def stop(app: App, inst_ids: tuple[str, ...], grace: float, as_json: bool) -> No
     """
     from kas.instances import stop as stop_instance
 
+    out = app.output(as_json)
     registry = _open()
     try:
         targets = [_find(registry, inst_id) for inst_id in inst_ids]  # all ids valid before any stop
@@ -221,16 +224,21 @@ def stop(app: App, inst_ids: tuple[str, ...], grace: float, as_json: bool) -> No
     finally:
         registry.close()
     if as_json:
-        echo_json([{"id": v.inst.id, "status": v.status, "exit_status": v.inst.exit_status} for v in views])
+        out.json([{"id": v.inst.id, "status": v.status, "exit_status": v.inst.exit_status} for v in views])
         return
     for view in views:
-        click.echo(f"{view.inst.id}  {view.label}")
+        out.line(f"{view.inst.id}  {out.status(view.label)}")
 
 
 @instance.command("prune")
-@click.option("--older-than", type=float, help="Only rows that ended more than this many hours ago.")
+@click.option(
+    "--older-than",
+    type=click.FloatRange(min=0),
+    metavar="HOURS",
+    help="Only rows that ended more than this many hours ago.",
+)
 @click.option("--keep-logs", is_flag=True, help="Keep the pruned instances' log files.")
-@click.option("--json", "as_json", is_flag=True, help='Print {"pruned": N, "files_removed": M}.')
+@json_option('Print {"pruned": N, "files_removed": M}.')
 @click.pass_obj
 def prune(app: App, older_than: float | None, keep_logs: bool, as_json: bool) -> None:
     """Forget finished instances (exited, failed, cancelled, lost) and delete their logs.
@@ -238,17 +246,14 @@ def prune(app: App, older_than: float | None, keep_logs: bool, as_json: bool) ->
     The registry and the state directory stay small. Tasks of a wave that is still running are kept.
     """
     from kas.instances import prune as prune_finished
-    from kas.instances import refresh
 
+    out = app.output(as_json)
     registry = _open()
     try:
-        for inst in registry.instances(include_finished=False):
-            refresh(registry, inst, probe_tree=False)
-        cutoff = time.time() - older_than * 3600 if older_than is not None else None
-        count, files = prune_finished(registry, cutoff, keep_logs=keep_logs)
+        count, files = prune_finished(registry, older_than, keep_logs=keep_logs)
     finally:
         registry.close()
     if as_json:
-        echo_json({"pruned": count, "files_removed": files})
+        out.json({"pruned": count, "files_removed": files})
     else:
-        click.echo(f"pruned {count} finished instance(s), removed {files} file(s)")
+        out.line(f"pruned {count} finished instance(s), removed {files} file(s)")

@@ -1,20 +1,122 @@
-"""Printing helpers: JSON for scripts, tables for people. tabulate is imported only when a table is drawn."""
+"""The one way out to the user: every table, JSON document, line, warning and error passes through here.
+
+The library returns warnings instead of printing them, so they reach the user once each, on stderr, in
+the same shape, and never in the middle of a live view's redraw. Text that came from users or plans
+(names, ids, commands) is shown with control characters escaped: a name cannot retitle or clear the
+terminal.
+"""
 
 from __future__ import annotations
 
+import json
+import os
+import re
+import sys
+import threading
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+COLOURS = {
+    "ok": "green",
+    "warn": "yellow",
+    "fail": "red",
+    "running": "cyan",
+    "pending": "yellow",
+    "starting": "yellow",
+    "failed": "red",
+    "timed out": "red",
+    "stopped": "magenta",
+    "lost": "red",
+    "unknown": "red",
+}
 
-def echo_json(data: Any) -> None:
-    import json
 
-    click.echo(json.dumps(data, indent=2, sort_keys=False, default=str))
+def safe(text: object) -> str:
+    """``text`` with control characters (escape sequences, newlines) shown as escapes, not obeyed."""
+    shown = str(text)
+    if not _CONTROL.search(shown):
+        return shown
+    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], shown)
 
 
-def table(rows: Iterable[Sequence[Any]], headers: Sequence[str]) -> str:
+class Styled(str):
+    """Text kas styled itself: its escape sequences are meant, so tables leave them alone."""
+
+
+def colour_for(label: str) -> str | None:
+    if label.startswith("exited "):
+        return "green" if label == "exited 0" else "red"
+    return next((c for name, c in COLOURS.items() if label.startswith(name)), None)
+
+
+class Output:
+    """Where a command's output goes: text for people, JSON for scripts, and one stderr for the rest."""
+
+    def __init__(self, as_json: bool = False) -> None:
+        self.as_json = as_json
+        self.lock = threading.RLock()  # worker threads (live output) and the main thread share stdout
+        self._warned: set[str] = set()
+
+    @property
+    def colour(self) -> bool:
+        """Colours only for a terminal, and never with NO_COLOR set (https://no-color.org)."""
+        return not self.as_json and "NO_COLOR" not in os.environ and _isatty(sys.stdout)
+
+    def line(self, text: str = "", *, err: bool = False) -> None:
+        with self.lock:
+            click.echo(text, err=err)
+
+    def status(self, label: str, width: int = 0) -> str:
+        """A status label, coloured on a terminal."""
+        padded = f"{label:<{width}}" if width else label
+        colour = colour_for(label)
+        return Styled(click.style(padded, fg=colour)) if colour and self.colour else padded
+
+    def json(self, data: Any) -> None:
+        with self.lock:
+            click.echo(json.dumps(data, indent=2, default=str))
+
+    def json_line(self, data: Any) -> None:
+        """One JSON document on one line (event streams)."""
+        with self.lock:
+            click.echo(json.dumps(data, default=str))
+
+    def table(self, rows: Iterable[Sequence[Any]], headers: Sequence[str]) -> None:
+        with self.lock:
+            click.echo(render_table(rows, headers))
+
+    def warn(self, message: str) -> None:
+        """One line on stderr, once per message per command; ``note:``/``warning:`` prefixes kept."""
+        if message in self._warned:
+            return
+        self._warned.add(message)
+        prefix = "" if message.startswith(("note:", "warning:")) else "warning: "
+        self.line(f"kas: {prefix}{safe(message)}", err=True)
+
+    def warn_all(self, messages: Iterable[str]) -> None:
+        for message in messages:
+            self.warn(message)
+
+    def fail(self, message: str, code: int = 2) -> NoReturn:
+        """``kas: error: ...`` and exit: for user errors the CLI layer itself finds."""
+        self.line(f"kas: error: {message}", err=True)
+        sys.exit(code)
+
+
+def render_table(rows: Iterable[Sequence[Any]], headers: Sequence[str]) -> str:
     from tabulate import tabulate
 
-    return tabulate(list(rows), headers=list(headers), tablefmt="plain", disable_numparse=True)
+    cells = [
+        [safe(c) if isinstance(c, str) and not isinstance(c, Styled) else c for c in row] for row in rows
+    ]
+    return tabulate(cells, headers=list(headers), tablefmt="plain", disable_numparse=True)
+
+
+def _isatty(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False

@@ -9,9 +9,18 @@ import click
 
 from kas.cli.app import App
 from kas.cli.complete import profile_names
-from kas.cli.output import echo_json
-from kas.launch.prepare import prepare
+from kas.cli.options import json_option
+from kas.cli.output import safe
 from kas.profiles import PRESETS, PROFILE_HELP, PROFILES
+
+
+def shown(value: object) -> str:
+    """A setting as TOML spells it: true/false, and unset for no value."""
+    if value is None:
+        return "unset"
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value)
 
 
 @click.group()
@@ -30,7 +39,7 @@ def profile() -> None:
     type=click.Choice(PROFILES),
     help="Show what the config would resolve to with this profile selected instead.",
 )
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output (always fully resolved).")
+@json_option("Machine-readable output (always fully resolved).")
 @click.pass_obj
 def show(app: App, resolved: bool, as_profile: str | None, as_json: bool) -> None:
     """Print the profile the config selects.
@@ -38,14 +47,17 @@ def show(app: App, resolved: bool, as_profile: str | None, as_json: bool) -> Non
     With --resolved, also print each setting and where it came from (preset, override or default), the
     build env that would be injected into the current environment and the wrapper prefix for agents.
     """
+    from kas.launch.prepare import prepare
+
+    out = app.output(as_json)
     prof = app.resolve({"profile": as_profile} if as_profile else None, quiet=as_json)
     prepared = prepare(prof, [], os.environ)
     env, wrapper = prepared.env, prepared.prefix
     if as_json:
-        echo_json(
+        out.json(
             {
                 "profile": prof.name,
-                "settings": dict(prof.settings),
+                "settings": prof.settings.to_dict(),
                 "sources": dict(prof.sources),
                 "env": env,
                 "wrapper": wrapper,
@@ -53,33 +65,34 @@ def show(app: App, resolved: bool, as_profile: str | None, as_json: bool) -> Non
             }
         )
         return
-    click.echo(f"profile: {prof.name}")
-    click.echo(f"config:  {app.config_label}")
+    out.line(f"profile: {prof.name}")
+    out.line(f"config:  {safe(app.config_label)}")
     if not resolved:
         return
-    click.echo("\nsettings:")
-    width = max(len(k) for k in prof.settings)
-    for key, value in prof.settings.items():
-        shown = "unset" if value is None else str(value).lower() if isinstance(value, bool) else value
-        click.echo(f"  {key:<{width}}  {shown!s:<12} ({prof.sources[key]})")
-    click.echo("\nenv injected into agents (from the current environment):")
-    if env:
-        for var, value in env.items():
-            forced = " (forced)" if var in prof.env else ""
-            click.echo(f"  {var}={value}{forced}")
-    else:
-        click.echo("  (none)")
-    click.echo("\nwrapper: " + (shlex.join(wrapper) if wrapper else "(none)"))
+    out.line("\nsettings:")
+    settings = prof.settings.to_dict()
+    width = max(len(k) for k in settings)
+    for key, value in settings.items():
+        out.line(f"  {key:<{width}}  {shown(value):<12} ({prof.sources[key]})")
+    out.line("\nenv injected into agents (from the current environment):")
+    for var, value in env.items():
+        forced = " (forced)" if var in prof.env else ""
+        out.line(f"  {var}={safe(value)}{forced}")
+    if not env:
+        out.line("  (none)")
+    out.line("\nwrapper: " + (shlex.join(wrapper) if wrapper else "(none)"))
 
 
 @profile.command("list")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def list_profiles(as_json: bool) -> None:
+@json_option()
+@click.pass_obj
+def list_profiles(app: App, as_json: bool) -> None:
     """List the presets and what each one sets."""
+    out = app.output(as_json)
     if as_json:
-        echo_json({name: {"help": PROFILE_HELP[name], "settings": PRESETS[name]} for name in PROFILES})
+        out.json({name: {"help": PROFILE_HELP[name], "settings": PRESETS[name]} for name in PROFILES})
         return
     for name in PROFILES:
-        click.echo(f"{name:<12} {PROFILE_HELP[name]}")
+        out.line(f"{name:<12} {PROFILE_HELP[name]}")
         for key, value in PRESETS[name].items():
-            click.echo(f"    {key} = {value!r}".replace("True", "true"))
+            out.line(f"    {key} = " + (f'"{value}"' if isinstance(value, str) else shown(value)))

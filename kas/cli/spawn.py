@@ -10,14 +10,13 @@ from pathlib import Path
 import click
 
 from kas.cli.app import App
-from kas.cli.output import echo_json
-from kas.launch.prepare import prepare, warn_once
-from kas.profiles import EXECUTION_MODES
+from kas.cli.options import json_option, mode_option, tmux_session_option, tmux_socket_option
+from kas.cli.output import Output, safe
 
 
 @click.command()
 @click.option("--dry-run", is_flag=True, help="Print the exact argv and env changes; start nothing.")
-@click.option("--mode", type=click.Choice(EXECUTION_MODES), help="Override execution_mode from the config.")
+@mode_option()
 @click.option("--name", help="A name to find the instance by (default: the command's name).")
 @click.option(
     "--cwd",
@@ -25,19 +24,9 @@ from kas.profiles import EXECUTION_MODES
     help="Directory to run in (default: here).",
 )
 @click.option("--detach", is_flag=True, help="sdk mode: return at once; output goes to a log file.")
-@click.option(
-    "--tmux-socket",
-    envvar="KAS_TMUX_SOCKET",
-    help="tmux socket name (tmux -L) instead of the default server (also $KAS_TMUX_SOCKET).",
-)
-@click.option(
-    "--tmux-session",
-    envvar="KAS_TMUX_SESSION",
-    default="kas",
-    show_default=True,
-    help="tmux session that holds the agent windows (also $KAS_TMUX_SESSION).",
-)
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@tmux_socket_option
+@tmux_session_option
+@json_option()
 @click.argument("command", nargs=-1, required=True, metavar="-- CMD [ARGS]...")
 @click.pass_obj
 def spawn(
@@ -55,7 +44,8 @@ def spawn(
     """Start CMD as an agent at the profile's CPU and I/O priority.
 
     Everything after -- is the command, passed as an argv list (never through a shell). Settings are read
-    now: editing the config later affects only later spawns.
+    now: editing the config later affects only later spawns. In the foreground kas waits and exits with
+    the agent's status; --detach (or tmux mode) returns at once.
 
     \b
     Examples:
@@ -63,45 +53,29 @@ def spawn(
       kas spawn --name coder1 -- claude -p "fix the tests"
       kas spawn --mode tmux -- aider
     """
+    from kas.launch.modes import choose_mode
+
+    out = app.output(as_json)
     resolved = app.resolve(quiet=as_json)
-    mode = mode or resolved["execution_mode"]
-    prepared = prepare(resolved, command, os.environ)
+    chosen = choose_mode(mode, None, resolved.settings.execution_mode)
     if dry_run:
-        from kas.launch.session import autogroup_here
+        from kas.launch.prepare import describe
 
-        data = {"argv": prepared.argv, "env": prepared.env, "mode": mode, "profile": resolved.name}
-        # Not part of the argv: written to /proc/<pid>/autogroup right after launch (0 = left alone).
-        data["autogroup_nice"] = autogroup_here(resolved)
-        if mode == "tmux":
-            from kas.launch.tmux import pane_argv
-
-            # What the pane runs: the same argv under kas's exit-status recorder (see kas.launch.tmux).
-            pane = pane_argv("$KAS_STATE_DIR/status/<id>", prepared.argv, len(prepared.prefix))
-            data["tmux_command"] = "exec " + shlex.join(pane)
+        dry = describe(resolved, command, chosen, os.environ)
         if as_json:
-            echo_json(data)
+            out.json(dry.to_json())
             return
-        warn_once(prepared.warnings)
-        click.echo(f"mode:    {mode}")
-        click.echo(f"profile: {resolved.name}")
-        click.echo(f"argv:    {shlex.join(prepared.argv)}")
-        if "tmux_command" in data:
-            click.echo(f"pane:    {data['tmux_command']}")
-        if data["autogroup_nice"]:
-            click.echo(f"then:    autogroup nice {data['autogroup_nice']} for the agent's session group")
-        if prepared.env:
-            click.echo("env:")
-            for var, value in prepared.env.items():
-                click.echo(f"  {var}={value}" + (" (forced)" if var in resolved.env else ""))
-        else:
-            click.echo("env:     (nothing added)")
+        out.warn_all(dry.warnings)
+        _print_dry_run(out, dry.to_json(), dry.forced)
         return
-    warn_once(prepared.warnings)
+    from kas.launch.prepare import prepare
     from kas.launch.spawner import SpawnRequest, spawn_instance
 
+    prepared = prepare(resolved, command, os.environ)
+    out.warn_all(prepared.warnings)
     request = SpawnRequest(
         argv=list(command),
-        mode=mode,
+        mode=chosen,
         name=name or Path(command[0]).name,
         cwd=(cwd or Path.cwd()).resolve(),
         detach=detach,
@@ -109,12 +83,34 @@ def spawn(
         tmux_session=tmux_session,
     )
     result = spawn_instance(request, resolved, prepared)
+    out.warn_all(result.warnings)
+    row = result.row
     if as_json:
-        echo_json(result.row.to_json())
+        out.json(row.to_json())
     elif result.detached:
-        where = result.row.tmux_target or f"pid {result.row.pid}"
-        click.echo(f"{result.row.id}  started {result.row.name} ({mode}, {where}, profile {resolved.name})")
-        if result.row.log_path:
-            click.echo(f"log: {result.row.log_path}")
+        where = row.tmux_target or f"pid {row.pid}"
+        out.line(f"{row.id}  started {safe(row.name)} ({chosen}, {where}, profile {resolved.name})")
+        if row.log_path:
+            out.line(f"log: {safe(row.log_path)}")
     if result.exit_status is not None:
         sys.exit(result.exit_status)
+
+
+def _print_dry_run(out: Output, data: dict[str, object], forced: tuple[str, ...]) -> None:
+    out.line(f"mode:    {data['mode']}")
+    out.line(f"profile: {data['profile']}")
+    argv = data["argv"]
+    assert isinstance(argv, list)
+    out.line(f"argv:    {safe(shlex.join(argv))}")
+    if "tmux_command" in data:
+        out.line(f"pane:    {data['tmux_command']}  (runs the argv above)")
+    if data["autogroup_nice"]:
+        out.line(f"then:    autogroup nice {data['autogroup_nice']} for the agent's session group")
+    env = data["env"]
+    assert isinstance(env, dict)
+    if env:
+        out.line("env:")
+        for var, value in env.items():
+            out.line(f"  {var}={safe(value)}" + (" (forced)" if var in forced else ""))
+    else:
+        out.line("env:     (nothing added)")

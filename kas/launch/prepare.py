@@ -7,16 +7,14 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from kas import platform as host
 from kas.errors import LaunchError
 from kas.resolver import ResolvedProfile, build_env, wrap_argv
-
-_warned: set[str] = set()
 
 
 @dataclass(frozen=True)
@@ -29,12 +27,13 @@ class Prepared:
     warnings: tuple[str, ...] = field(default=())
 
     def full_env(self, caller_env: Mapping[str, str]) -> dict[str, str]:
+        """The agent's whole environment: the caller's, plus hints for unset names and forced values."""
         return {**caller_env, **self.env}
 
 
 def prepare(resolved: ResolvedProfile, argv: Sequence[str], caller_env: Mapping[str, str]) -> Prepared:
     """Wrap argv and build the env for this machine; probe systemd only when the profile may use it."""
-    manager = resolved.active and resolved["cgroup"] != "off" and host.user_manager_answers()
+    manager = resolved.active and resolved.settings.cgroup != "off" and host.user_manager_answers()
     wrapped = wrap_argv(resolved, argv, host.system(), host.which, user_manager=manager)
     return Prepared(wrapped.argv, build_env(resolved, caller_env), wrapped.prefix, wrapped.warnings)
 
@@ -54,10 +53,47 @@ def ensure_command(argv: Sequence[str], cwd: Path, env: Mapping[str, str]) -> No
         raise LaunchError(f"command not found: {name} (not on PATH)")
 
 
-def warn_once(messages: Sequence[str]) -> None:
-    """A missing tool is worth one line per process, not one per agent."""
-    for message in messages:
-        if message not in _warned:
-            _warned.add(message)
-            prefix = "" if message.startswith(("note:", "warning:")) else "warning: "
-            print(f"kas: {prefix}{message}", file=sys.stderr)
+@dataclass(frozen=True)
+class DryRun:
+    """What ``kas spawn --dry-run`` reports: exactly what a launch in this mode would execute."""
+
+    mode: str
+    profile: str
+    argv: list[str]
+    env: dict[str, str]
+    forced: tuple[str, ...]
+    autogroup_nice: int
+    extra: Mapping[str, str]
+    warnings: tuple[str, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "mode": self.mode,
+            "profile": self.profile,
+            "argv": self.argv,
+            "env": self.env,
+            "forced": list(self.forced),
+            # Not part of the argv: written to /proc/<pid>/autogroup right after launch (0 = left alone).
+            "autogroup_nice": self.autogroup_nice,
+            **self.extra,
+        }
+
+
+def describe(
+    resolved: ResolvedProfile, argv: Sequence[str], mode: str, caller_env: Mapping[str, str]
+) -> DryRun:
+    """The dry run of a launch: the same ``prepare`` a launch uses, plus what the mode adds."""
+    from kas.launch.modes import launcher_for
+    from kas.launch.session import autogroup_here
+
+    prepared = prepare(resolved, argv, caller_env)
+    return DryRun(
+        mode=mode,
+        profile=resolved.name,
+        argv=prepared.argv,
+        env=prepared.env,
+        forced=tuple(k for k in prepared.env if k in resolved.env),
+        autogroup_nice=autogroup_here(resolved),
+        extra=launcher_for(mode).describe(prepared),
+        warnings=prepared.warnings,
+    )

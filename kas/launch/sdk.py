@@ -7,26 +7,33 @@ terminal, so it becomes the terminal's foreground process group inside kas's ses
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
-import time
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
+from kas import lifecycle
+from kas import platform as host
 from kas.errors import LaunchError
+from kas.launch.base import LaunchSpec, Poll, SpawnOutcome
+from kas.launch.groups import STOP_SIGNALS, exit_code, signal_group, stop_group
+from kas.launch.session import lower_group
 
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-"""What stops kas (Ctrl-C, kill, a closed terminal): each command that runs agents handles all three."""
+if TYPE_CHECKING:
+    from kas.launch.prepare import Prepared
+    from kas.registry import Instance, Registry
 
 
-def start(
+def popen(
     argv: Sequence[str],
     env: Mapping[str, str],
     cwd: Path,
     *,
-    stdin: Any = None,
+    stdin: Any = subprocess.DEVNULL,
     stdout: IO[Any] | int | None = None,
     stderr: IO[Any] | int | None = None,
     terminal: int | None = None,
@@ -88,25 +95,160 @@ def reclaim_terminal(fd: int) -> None:
         signal.signal(signal.SIGTTOU, previous)
 
 
-def exit_code(returncode: int) -> int:
-    """Shell convention: a death by signal N is 128 + N."""
-    return 128 - returncode if returncode < 0 else returncode
+class SdkHandle:
+    """An agent process: our own child (``proc``), or one found again by pid and kernel start time."""
+
+    def __init__(
+        self, pid: int, create_time: float | None = None, proc: subprocess.Popen[bytes] | None = None
+    ) -> None:
+        self.pid: int | None = pid
+        self.target: str | None = None
+        self.create_time = create_time
+        self.proc = proc
+
+    def wait(self) -> int | None:
+        if self.proc is not None:
+            return exit_code(self.proc.wait())
+        from kas.probe import wait_gone
+
+        if self.pid:
+            wait_gone(self.pid, self.create_time)
+        return None  # not our child: whoever is its parent records the status
+
+    def poll(self) -> Poll:
+        if self.proc is not None:
+            code = self.proc.poll()
+            return Poll(code is None, None if code is None else exit_code(code))
+        from kas.probe import is_alive
+
+        return Poll(is_alive(self.pid, self.create_time))
+
+    def signal(self, sig: int) -> bool:
+        """Our own child's group is signalled even after the leader ended (what it left behind); an
+        agent found again by pid only while the kernel still shows that very process."""
+        if not self.pid or (self.proc is None and not self.poll().running):
+            return False
+        return signal_group(self.pid, sig)
+
+    def stop(self, grace: float) -> int | None:
+        if self.pid and self.poll().running:
+            stop_group(self.pid, grace)
+        if self.proc is not None:
+            return exit_code(self.proc.wait())
+        return None
+
+    def discard(self) -> list[Path]:
+        return []
 
 
-def signal_group(pid: int, sig: int) -> bool:
-    """Signal the agent's whole process group (its session); False if it is already gone."""
-    try:
-        os.killpg(pid, sig)
-        return True
-    except (ProcessLookupError, PermissionError):
-        return False
+class SdkLauncher:
+    """Agents as direct children (waves, the bench, a foreground spawn) or under a detached supervisor."""
 
+    mode = "sdk"
+    always_detached = False
 
-def stop_group(pid: int, grace: float) -> None:
-    """SIGTERM the group, then SIGKILL whatever of it is left after ``grace`` seconds (grandchildren too)."""
-    if not signal_group(pid, signal.SIGTERM):
-        return
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and signal_group(pid, 0):
-        time.sleep(0.02)
-    signal_group(pid, signal.SIGKILL)
+    def start(self, spec: LaunchSpec) -> SdkHandle:
+        target = os.open(spec.log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600) if spec.log else None
+        out = subprocess.DEVNULL if target is None else target
+        try:
+            proc = popen(spec.prepared.argv, spec.env, spec.cwd, stdout=out, stderr=out)
+        finally:
+            if target is not None:
+                os.close(target)
+        return SdkHandle(proc.pid, proc=proc)
+
+    def spawn(self, spec: LaunchSpec, registry: Registry, *, foreground: bool) -> SpawnOutcome:
+        if foreground:
+            return self._foreground(spec, registry)
+        return self._supervised(spec, registry)
+
+    def attach(self, inst: Instance) -> SdkHandle:
+        return SdkHandle(inst.pid or 0, inst.pid_create_time)
+
+    def describe(self, prepared: Prepared) -> dict[str, str]:
+        return {}
+
+    def release(self) -> None:
+        return None
+
+    def _foreground(self, spec: LaunchSpec, registry: Registry) -> SpawnOutcome:
+        """Run attached to this terminal; stop signals are forwarded to the agent's whole group.
+
+        On a terminal kas holds, the agent gets it as its foreground group (Ctrl-C and keys go straight to
+        it) and so shares this terminal's session: kas lowers that session's autogroup nice while the
+        agent runs and puts it back afterwards. Otherwise the agent gets a session of its own. If kas
+        was told to stop, whatever is left of the agent's group (a background job the shell left) is
+        stopped too: nothing kas started outlives it unseen.
+        """
+        terminal = foreground_terminal()
+        try:
+            proc = popen(spec.prepared.argv, spec.env, spec.cwd, stdin=None, terminal=terminal)
+        except LaunchError:
+            lifecycle.mark_failed(registry, spec.inst_id)
+            raise
+        handle = SdkHandle(proc.pid, proc=proc)
+        outcome = SpawnOutcome(handle)
+        session_group = host.read_autogroup(os.getpid()) if terminal is not None else None
+        problem = lower_group(proc.pid, spec.autogroup_nice)
+        outcome.warnings += [problem] if problem else []
+        lifecycle.mark_running(registry, spec.inst_id, proc.pid)
+        stopped: list[int] = []
+
+        def forward(signum: int, _frame: Any) -> None:
+            stopped.append(signum)
+            signal_group(proc.pid, signum)
+
+        previous = {sig: signal.signal(sig, forward) for sig in STOP_SIGNALS}
+        try:
+            status = exit_code(proc.wait())
+            if stopped:
+                stop_group(proc.pid, 2.0)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            if terminal is not None:
+                reclaim_terminal(terminal)
+                if session_group and session_group != host.ROOT_AUTOGROUP and spec.autogroup_nice:
+                    problem = host.set_autogroup_nice(os.getpid(), session_group[1])
+                    if problem:
+                        outcome.warnings.append(
+                            f"{problem} (this terminal's session stays lowered until it ends)"
+                        )
+        lifecycle.mark_exited(registry, spec.inst_id, status)
+        outcome.exit_status = status
+        return outcome
+
+    def _supervised(self, spec: LaunchSpec, registry: Registry) -> SpawnOutcome:
+        """Detached: a small supervisor process starts the agent, waits for it and records its exit."""
+        log = spec.log
+        assert log is not None, "a detached agent always has a log"
+        payload = {
+            "id": spec.inst_id,
+            "db": str(registry.path),
+            "argv": spec.prepared.argv,
+            "env": dict(spec.env),
+            "cwd": str(spec.cwd),
+            "log": str(log),
+            "autogroup_nice": spec.autogroup_nice,
+        }
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "kas.launch.supervisor"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+            cwd="/",
+        )
+        assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+        proc.stdin.write(json.dumps(payload).encode())
+        proc.stdin.close()
+        line = proc.stdout.readline().decode().strip()
+        if not line.startswith("pid "):
+            proc.wait()
+            message = line or proc.stderr.read().decode().strip() or "supervisor failed"
+            lifecycle.mark_failed(registry, spec.inst_id, log_path=str(log))
+            raise LaunchError(message.removeprefix("error "))
+        warnings = [w.removeprefix("kas: ") for w in proc.stderr.read().decode().splitlines() if w]
+        row = registry.get(spec.inst_id)
+        pid = int(line.split()[1])
+        return SpawnOutcome(SdkHandle(pid, row.pid_create_time if row else None), warnings=warnings)

@@ -1,17 +1,9 @@
-"""After-launch steps shared by both modes: the autogroup nice that makes nice hold across sessions."""
+"""After-launch steps shared by every mode: the autogroup nice that makes nice hold across sessions."""
 
 from __future__ import annotations
 
 from kas import platform as host
-from kas.launch.prepare import warn_once
-from kas.resolver import ResolvedProfile
-
-
-def autogroup_target(resolved: ResolvedProfile) -> int:
-    """The autogroup nice the profile asks for (0 = leave the session group alone)."""
-    if not (resolved.active and resolved["autogroup"]):
-        return 0
-    return resolved["autogroup_nice"] or resolved["nice"]
+from kas.resolver import ResolvedProfile, autogroup_target
 
 
 def autogroup_here(resolved: ResolvedProfile) -> int:
@@ -22,18 +14,14 @@ def autogroup_here(resolved: ResolvedProfile) -> int:
     return target
 
 
-def apply_autogroup(resolved: ResolvedProfile, pid: int) -> str | None:
+def lower_group(pid: int | None, nice: int) -> str | None:
     """Lower the agent session's autogroup nice; return a warning text on failure, never raise.
 
     With autogroup scheduling the kernel first splits CPU between sessions, so a niced agent in its own
-    session would still get a full session's share against the desktop. Raising the group's nice fixes that.
+    session would still get a full session's share against the desktop. Raising the group's nice fixes
+    that. The write may wait its turn (one per 100 ms for a normal user), so callers that must not block
+    (the wave runner's event loop) call this from a worker thread.
     """
-    target = autogroup_here(resolved)
-    return host.set_autogroup_nice(pid, target) if target else None
-
-
-def lower_agent_group(resolved: ResolvedProfile, pid: int) -> None:
-    """``apply_autogroup`` for launch paths: a failure is one warning and the agent runs on."""
-    problem = apply_autogroup(resolved, pid)
-    if problem:
-        warn_once([problem])
+    if not pid or not nice:
+        return None
+    return host.set_autogroup_nice(pid, nice)

@@ -1,30 +1,41 @@
 """tmux mode: one window per agent, through libtmux, on the user's server or a named socket.
 
-The window keeps its pane after the command exits (``remain-on-exit``), so the exit status can be read
-later, and a ``pane-died`` hook signals a ``wait-for`` channel so a waiter learns of the end without
-polling the screen. libtmux is imported inside the functions that need it.
+The pane runs kas's small agent runner (``kas.launch.supervisor --pane``), which starts the wrapped
+command with exactly the environment and directory kas chose, gives it the pane's terminal, records its
+exit status and closes the pane's log pipe when it ends. tmux itself never sees a user's directory,
+command or environment as a format or a command string: the runner reads them from a private file. The
+window keeps its pane after the command exits (``remain-on-exit``) so its last screen can be read.
+libtmux is imported inside the functions that need it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
+import re
 import shlex
 import shutil
 import subprocess
-from collections.abc import Mapping, Sequence
+import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kas.errors import LaunchError
+from kas.launch.base import LaunchSpec, Poll, SpawnOutcome
+from kas.launch.groups import signal_group
 from kas.statedir import private_dir, state_dir
 
+if TYPE_CHECKING:
+    from kas.launch.prepare import Prepared
+    from kas.registry import Instance, Registry
+
 PLACEHOLDER = "exec tail -f /dev/null"
-# tmux (3.3a, seen here) loses about half of its panes' exit statuses (pane_dead=1 but
-# pane_dead_status empty, and then no pane-died hook). So the pane runs the command under a tiny fixed
-# sh script that records the status in a private file named for the instance and signals the
-# instance's wait-for channel itself ($TMUX in the pane names the server). User data only ever
-# travels as the script's positional arguments.
-STATUS_SCRIPT = '"$@"; s=$?; echo "$s" > "$0"; tmux wait-for -S "kas-done-${0##*/}" 2>/dev/null; exit "$s"'
+SESSION_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}\Z")
+ANSWER_TIMEOUT = 2.0  # a tmux server that does not answer in this long is reported, not waited for
+READY_TIMEOUT = 20.0
 
 
 @dataclass(frozen=True)
@@ -37,6 +48,10 @@ class PaneInfo:
     exit_status: int | None
 
 
+class NoAnswer(Exception):
+    """The tmux server did not answer in time (stopped, or hung)."""
+
+
 def tmux_argv(socket: str | None) -> list[str]:
     binary = shutil.which("tmux")
     if binary is None:
@@ -44,25 +59,29 @@ def tmux_argv(socket: str | None) -> list[str]:
     return [binary, *(["-L", socket] if socket else [])]
 
 
-def _server(socket: str | None) -> Any:
-    import libtmux
-
-    tmux_argv(socket)
-    return libtmux.Server(socket_name=socket) if socket else libtmux.Server()
+def literal(text: str) -> str:
+    """``text`` as tmux must be given it to keep it literal where it reads formats: ``#`` doubled."""
+    return text.replace("#", "##")
 
 
-def channel(inst_id: str) -> str:
-    return f"kas-done-{inst_id}"
+def argument(text: str) -> str:
+    """An argv element tmux will not take as a command separator (it splits at a trailing ``;``)."""
+    return text[:-1] + "\\;" if text.endswith(";") else text
+
+
+def check_session_name(name: str) -> str:
+    """Session names are typed by people and read by tmux as targets: keep them to a safe alphabet."""
+    if not SESSION_NAME.match(name):
+        raise LaunchError(f"tmux session name {name!r} is not allowed; use 1-64 letters, digits, '_' or '-'")
+    return name
+
+
+def channel(inst_id: str, what: str = "done") -> str:
+    return f"kas-{what}-{inst_id}"
 
 
 def status_path(inst_id: str) -> Path:
     return private_dir(state_dir() / "status") / inst_id
-
-
-def pane_argv(status_file: str, argv: Sequence[str], prefix_len: int) -> list[str]:
-    """Put the status recorder after the nice/ionice wrapper, so it and the agent both inherit them."""
-    argv = list(argv)
-    return [*argv[:prefix_len], "sh", "-c", STATUS_SCRIPT, status_file, *argv[prefix_len:]]
 
 
 def read_status(inst_id: str) -> int | None:
@@ -72,93 +91,34 @@ def read_status(inst_id: str) -> int | None:
         return None
 
 
-def start(
-    inst_id: str,
-    argv: Sequence[str],
-    env_add: Mapping[str, str],
-    cwd: Path,
-    *,
-    socket: str | None,
-    session_name: str,
-    window_name: str,
-    log_path: Path | None = None,
-    prefix_len: int = 0,
-) -> PaneInfo:
-    """Open a window that runs argv; return its pane.
+def runner_argv(spec_file: Path) -> list[str]:
+    """The pane's command: kas's agent runner, reading everything else from the private spec file."""
+    return [sys.executable, "-m", "kas.launch.supervisor", "--pane", str(spec_file)]
 
-    The pane's pid is the wrapper (``exec`` leaves no shell in between), which execs the status recorder,
-    so it carries the profile's niceness; the agent is the recorder's child.
-    """
-    from libtmux.exc import LibTmuxException
 
-    server = _server(socket)
+def _run(socket: str | None, *args: str, timeout: float = ANSWER_TIMEOUT) -> subprocess.CompletedProcess[str]:
     try:
-        session = _session(server, session_name)
-        # A placeholder runs until the options and hook are in place, so even `true` cannot end unseen.
-        window = session.new_window(window_name=window_name, attach=False, window_shell=PLACEHOLDER)
-        pane = window.active_pane
-        assert pane is not None
-        pane_id = pane.pane_id
-        # Keep the pane (and its exit status) after the command ends; set on the pane itself (tmux >= 3.2)
-        # and on its window, so neither a scope mix-up nor an older tmux loses it.
-        _check(server.cmd("set-option", "-w", "-t", window.window_id, "remain-on-exit", "on"))
-        server.cmd("set-option", "-p", "-t", pane_id, "remain-on-exit", "on")
-        _check(server.cmd("set-hook", "-p", "-t", pane_id, "pane-died", f"wait-for -S {channel(inst_id)}"))
-        if log_path is not None:
-            _check(server.cmd("pipe-pane", "-t", pane_id, f"cat >> {shlex.quote(str(log_path))}"))
-        env_flags = [f"-e{k}={v}" for k, v in env_add.items()]
-        command = "exec " + shlex.join(pane_argv(str(status_path(inst_id)), argv, prefix_len))
-        _check(server.cmd("respawn-pane", "-k", "-t", pane_id, "-c", str(cwd), *env_flags, command))
-    except LibTmuxException as exc:
-        raise LaunchError(f"tmux: {exc}") from None
-    info = pane_info(socket, pane_id, inst_id)
-    if info is None:
-        raise LaunchError(f"tmux: the window for {window_name} vanished at once")
-    return info
-
-
-def _session(server: Any, name: str) -> Any:
-    """The agents' session, created on first use; another kas creating it at the same moment is fine."""
-    from libtmux.exc import LibTmuxException
-
-    session = server.sessions.get(session_name=name, default=None)
-    if session is not None:
-        return session
-    try:
-        return server.new_session(session_name=name, window_name="kas", attach=False)
-    except LibTmuxException:
-        session = server.sessions.get(session_name=name, default=None)
-        if session is None:
-            raise
-        return session
-
-
-def _check(result: Any) -> Any:
-    if result.stderr:
-        from libtmux.exc import LibTmuxException
-
-        raise LibTmuxException(" ".join(result.stderr))
-    return result
+        return subprocess.run(
+            [*tmux_argv(socket), *map(argument, args)], capture_output=True, text=True, timeout=timeout
+        )
+    except subprocess.TimeoutExpired:
+        raise NoAnswer from None
 
 
 def pane_info(socket: str | None, pane_id: str, inst_id: str | None = None) -> PaneInfo | None:
     """Read a pane's pid and death status, or None when the pane (or the server) is gone.
 
-    With ``inst_id``, a dead pane's status comes from the recorder's file first (see STATUS_SCRIPT).
+    With ``inst_id``, a dead pane's status comes from the runner's record first. Raises ``NoAnswer`` when
+    the server does not answer.
     """
     try:
-        done = subprocess.run(
-            [
-                *tmux_argv(socket),
-                "display-message",
-                "-p",
-                "-t",
-                pane_id,
-                "#{pane_id}|#{pane_pid}|#{pane_dead}|#{pane_dead_status}|#{pane_dead_signal}",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=10,
+        done = _run(
+            socket,
+            "display-message",
+            "-p",
+            "-t",
+            pane_id,
+            "#{pane_id}|#{pane_pid}|#{pane_dead}|#{pane_dead_status}|#{pane_dead_signal}",
         )
     except LaunchError:
         return None
@@ -178,35 +138,249 @@ def pane_info(socket: str | None, pane_id: str, inst_id: str | None = None) -> P
     return PaneInfo(pane_id, int(parts[1]) if parts[1].isdigit() else None, dead, status)
 
 
-def wait(socket: str | None, inst_id: str, pane_id: str, check_every: float = 0.5) -> int | None:
-    """Block until the pane dies, then return its exit status.
-
-    The pane-died hook signals a wait-for channel, so the end is seen at once; the channel wait is cut
-    into slices with a look at the pane between them, so a missed signal can delay but never hang a run.
-    """
-    while True:
-        recorded = read_status(inst_id)
-        if recorded is not None:
-            return recorded
-        info = pane_info(socket, pane_id, inst_id)
-        if info is None or info.dead:
-            return info.exit_status if info else None
-        try:
-            subprocess.run(
-                [*tmux_argv(socket), "wait-for", channel(inst_id)], capture_output=True, timeout=check_every
-            )
-        except subprocess.TimeoutExpired:
-            continue
-
-
-def release(socket: str | None, inst_id: str) -> None:
-    """Wake a waiter blocked on the channel (used when the pane was killed and never died normally)."""
-    subprocess.run([*tmux_argv(socket), "wait-for", "-S", channel(inst_id)], capture_output=True)
+def wait_channel(socket: str | None, name: str, timeout: float) -> bool:
+    """Block on a ``wait-for`` channel for at most ``timeout``; True if it was signalled."""
+    try:
+        subprocess.run([*tmux_argv(socket), "wait-for", name], capture_output=True, timeout=timeout)
+        return True
+    except subprocess.TimeoutExpired:
+        return False
 
 
 def kill(socket: str | None, pane_id: str) -> bool:
-    """Kill the agent's window; False if it was already gone."""
-    done = subprocess.run(
-        [*tmux_argv(socket), "kill-pane", "-t", pane_id], capture_output=True, text=True, timeout=10
-    )
-    return done.returncode == 0
+    """Kill the agent's window; False if it was already gone (or the server does not answer)."""
+    try:
+        return _run(socket, "kill-pane", "-t", pane_id).returncode == 0
+    except (NoAnswer, LaunchError):
+        return False
+
+
+class TmuxHandle:
+    """An agent in a tmux pane: its pid is the agent's (the runner's child), its target the pane."""
+
+    def __init__(
+        self,
+        socket: str | None,
+        inst_id: str,
+        pane_id: str | None,
+        pid: int | None,
+        create_time: float | None = None,
+    ) -> None:
+        self.socket = socket
+        self.inst_id = inst_id
+        self.target = pane_id
+        self.pid = pid
+        self.create_time = create_time
+
+    def wait(self, check_every: float = 0.5) -> int | None:
+        """Block until the agent ends, then return its exit status.
+
+        The runner signals a ``wait-for`` channel at the end (and tmux's pane-died hook does too), so the
+        end is seen at once; the wait is cut into slices with a look at the pane between them, so a missed
+        signal can delay but never hang a run.
+        """
+        while True:
+            recorded = read_status(self.inst_id)
+            if recorded is not None:
+                return recorded
+            try:
+                info = pane_info(self.socket, self.target, self.inst_id) if self.target else None
+            except NoAnswer:
+                continue
+            if info is None or info.dead:
+                return read_status(self.inst_id) if info is None else info.exit_status
+            wait_channel(self.socket, channel(self.inst_id), check_every)
+
+    def poll(self) -> Poll:
+        recorded = read_status(self.inst_id)
+        if recorded is not None:
+            return Poll(False, recorded)
+        try:
+            info = pane_info(self.socket, self.target, self.inst_id) if self.target else None
+        except NoAnswer:
+            return Poll(True, answered=False)
+        if info is None or info.dead:
+            return Poll(False, read_status(self.inst_id) if info is None else info.exit_status)
+        return Poll(True)
+
+    def signal(self, sig: int) -> bool:
+        from kas.probe import is_alive
+
+        if not self.pid or not is_alive(self.pid, self.create_time):
+            return False
+        return signal_group(self.pid, sig)
+
+    def stop(self, grace: float) -> int | None:
+        import signal
+
+        if self.signal(signal.SIGTERM):
+            deadline = time.monotonic() + grace
+            while time.monotonic() < deadline and self.poll().running:
+                wait_channel(
+                    self.socket, channel(self.inst_id), min(0.25, max(0.01, deadline - time.monotonic()))
+                )
+            self.signal(signal.SIGKILL)
+            end = time.monotonic() + 2
+            while time.monotonic() < end and self.poll().running:
+                wait_channel(self.socket, channel(self.inst_id), 0.1)
+        return self.poll().exit_status
+
+    def discard(self) -> list[Path]:
+        if self.target:
+            kill(self.socket, self.target)
+        return [status_path(self.inst_id)]
+
+
+class TmuxLauncher:
+    """One window per agent in ``session`` on the server at ``socket`` (None: the user's default)."""
+
+    mode = "tmux"
+    always_detached = True
+
+    def __init__(self, socket: str | None = None, session: str = "kas") -> None:
+        self.socket = socket
+        self.session = session
+
+    def start(self, spec: LaunchSpec) -> TmuxHandle:
+        from libtmux.exc import LibTmuxException
+
+        check_session_name(self.session)
+        spec_file = private_dir(state_dir() / "status") / f"{spec.inst_id}.spec"
+        status_path(spec.inst_id).unlink(missing_ok=True)
+        ready = spec_file.with_suffix(".ready")
+        ready.unlink(missing_ok=True)
+        _write_private(
+            spec_file,
+            {
+                "argv": spec.prepared.argv,
+                "env": dict(spec.env),
+                "cwd": str(spec.cwd),
+                "autogroup_nice": spec.autogroup_nice,
+                "status": str(status_path(spec.inst_id)),
+                "ready": str(ready),
+                "done_channel": channel(spec.inst_id),
+                "ready_channel": channel(spec.inst_id, "ready"),
+                "tmux": tmux_argv(self.socket),
+            },
+        )
+        server = _server(self.socket)
+        try:
+            session_id = _session(server, self.session)
+            # A placeholder runs until the options, hook and log pipe are in place, so no output is lost.
+            made = _check(
+                server.cmd(
+                    "new-window", "-d", "-P", "-F", "#{pane_id}", "-t", f"{session_id}:",
+                    "-n", argument(literal(spec.name)), PLACEHOLDER,
+                )
+            )  # fmt: skip
+            pane_id = made.stdout[0].strip()
+            # Keep the pane (and its last screen) after the command ends; on the pane (tmux >= 3.2) and
+            # its window, so neither a scope mix-up nor an older tmux loses it.
+            _check(server.cmd("set-option", "-w", "-t", pane_id, "remain-on-exit", "on"))
+            server.cmd("set-option", "-p", "-t", pane_id, "remain-on-exit", "on")
+            _check(
+                server.cmd(
+                    "set-hook", "-p", "-t", pane_id, "pane-died", f"wait-for -S {channel(spec.inst_id)}"
+                )
+            )
+            if spec.log is not None:
+                pipe = "exec cat >> " + shlex.quote(str(spec.log))
+                _check(server.cmd("pipe-pane", "-t", pane_id, argument(literal(pipe))))
+            package_root = str(Path(__file__).resolve().parents[2])
+            command = "exec " + shlex.join(runner_argv(spec_file))
+            _check(
+                server.cmd(
+                    "respawn-pane", "-k", "-t", pane_id, argument(f"-ePYTHONPATH={package_root}"), command
+                )
+            )
+        except LibTmuxException as exc:
+            spec_file.unlink(missing_ok=True)
+            raise LaunchError(f"tmux: {exc}") from None
+        pid = self._await_ready(pane_id, spec, ready)
+        return TmuxHandle(self.socket, spec.inst_id, pane_id, pid)
+
+    def _await_ready(self, pane_id: str, spec: LaunchSpec, ready: Path) -> int:
+        """The runner says it started the agent (or could not) through a file and a channel."""
+        deadline = time.monotonic() + READY_TIMEOUT
+        while True:
+            with contextlib.suppress(OSError, ValueError):
+                answer = json.loads(ready.read_text())
+                ready.unlink(missing_ok=True)
+                if "error" in answer:
+                    kill(self.socket, pane_id)
+                    raise LaunchError(str(answer["error"]))
+                return int(answer["pid"])
+            try:
+                info = pane_info(self.socket, pane_id)
+            except NoAnswer:
+                info = None
+            if info is None or info.dead or time.monotonic() > deadline:
+                kill(self.socket, pane_id)
+                raise LaunchError(f"tmux: the window for {spec.name!r} ended before its agent started")
+            wait_channel(self.socket, channel(spec.inst_id, "ready"), 0.5)
+
+    def spawn(self, spec: LaunchSpec, registry: Registry, *, foreground: bool) -> SpawnOutcome:
+        """A tmux agent always runs on in its window; its row is settled from the runner's record."""
+        from kas import lifecycle
+
+        try:
+            handle = self.start(spec)
+        except LaunchError:
+            lifecycle.mark_failed(registry, spec.inst_id)
+            raise
+        lifecycle.mark_running(registry, spec.inst_id, handle.pid, tmux_target=handle.target)
+        return SpawnOutcome(handle)
+
+    def attach(self, inst: Instance) -> TmuxHandle:
+        return TmuxHandle(inst.tmux_socket, inst.id, inst.tmux_target, inst.pid, inst.pid_create_time)
+
+    def release(self) -> None:
+        """Remove the session if no window of an agent is left in it (its first window is kas's own)."""
+        with contextlib.suppress(NoAnswer, LaunchError):
+            done = _run(
+                self.socket, "list-panes", "-s", "-t", f"={self.session}", "-F", "#{pane_current_command}"
+            )
+            if done.returncode == 0 and len(done.stdout.split()) <= 1:
+                _run(self.socket, "kill-session", "-t", f"={self.session}")
+
+    def describe(self, prepared: Prepared) -> dict[str, str]:
+        return {"tmux_command": shlex.join(runner_argv(Path("$KAS_STATE_DIR/status/<id>.spec")))}
+
+
+def _write_private(path: Path, data: dict[str, Any]) -> None:
+    """Write a 0600 file whole: the spec holds the agent's environment, which may hold secrets."""
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        json.dump(data, out)
+    os.replace(tmp, path)
+
+
+def _server(socket: str | None) -> Any:
+    import libtmux
+
+    tmux_argv(socket)
+    return libtmux.Server(socket_name=socket) if socket else libtmux.Server()
+
+
+def _session(server: Any, name: str) -> str:
+    """The agents' session id, created on first use; another kas creating it at the same moment is fine."""
+    from libtmux.exc import LibTmuxException
+
+    session = server.sessions.get(session_name=name, default=None)
+    if session is None:
+        try:
+            session = server.new_session(session_name=name, window_name="kas", attach=False)
+        except LibTmuxException:
+            session = server.sessions.get(session_name=name, default=None)
+            if session is None:
+                raise
+    return str(session.session_id)
+
+
+def _check(result: Any) -> Any:
+    if result.stderr:
+        from libtmux.exc import LibTmuxException
+
+        raise LibTmuxException(" ".join(result.stderr))
+    return result

@@ -2,7 +2,8 @@
 
 The main thread only blocks on its inbox (task events, and signals), so a finished task promotes the next
 one at once (no polling delay). Ctrl-C / SIGTERM stop every running group (SIGTERM, then SIGKILL after a
-grace period), cancel what is pending and leave the registry consistent.
+grace period), cancel what is pending and leave the registry consistent. The execution mode is the
+launcher's business: nothing here asks which one runs the tasks.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from __future__ import annotations
 import os
 import queue
 import signal
-import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -18,20 +18,35 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kas import lifecycle
 from kas.errors import LaunchError
-from kas.instances import mark_running
-from kas.launch import sdk, tmux
-from kas.launch.prepare import Prepared, ensure_command, prepare, warn_once
-from kas.launch.session import lower_agent_group
+from kas.launch.base import Handle, LaunchSpec
+from kas.launch.groups import MAX_GRACE, STOP_SIGNALS
+from kas.launch.modes import launcher_for
+from kas.launch.prepare import Prepared, ensure_command, prepare
+from kas.launch.session import autogroup_here, lower_group
 from kas.logs import LogFollower
 from kas.registry import Instance, Registry, new_id
 from kas.resolver import ResolvedProfile
 from kas.statedir import private_dir, private_file, state_dir
+from kas.status import (
+    CANCELLED,
+    EXITED,
+    FAILED,
+    LOST,
+    NOT_STARTED,
+    PENDING,
+    RUNNING,
+    STOPPED,
+    label,
+    succeeded,
+)
 from kas.waves.inbox import Inbox
 from kas.waves.plan import Plan, Task
-from kas.waves.scheduler import CANCELLED, DONE, FAILED, PENDING, RUNNING, WaveScheduler
+from kas.waves.scheduler import WaveScheduler
 
 Emit = Callable[[dict[str, Any]], None]
+DECLINED, NO_TERMINAL = "declined", "no-terminal"
 
 
 @dataclass
@@ -46,7 +61,7 @@ class RunOptions:
 
 @dataclass
 class TaskRun:
-    """One task's life in this run, for the live view and the summary."""
+    """One task's life in this run, for the live view and the summary; ``state`` is a ``kas.status``."""
 
     task: Task
     wave: int
@@ -54,12 +69,12 @@ class TaskRun:
     log: Path
     state: str = PENDING
     pid: int | None = None
-    pane: str | None = None
     started: float | None = None
     ended: float | None = None
     exit_status: int | None = None
     reason: str | None = None
     prepared: Prepared | None = None
+    handle: Handle | None = None
 
     @property
     def elapsed(self) -> float:
@@ -69,9 +84,11 @@ class TaskRun:
 
     @property
     def label(self) -> str:
-        if self.state == FAILED:
-            return f"failed {self.exit_status}" if self.exit_status is not None else "failed"
-        return self.state
+        return label(self.state, self.exit_status)
+
+    @property
+    def ok(self) -> bool:
+        return succeeded(self.state, self.exit_status)
 
 
 @dataclass
@@ -80,16 +97,20 @@ class RunResult:
     tasks: list[TaskRun] = field(default_factory=list)
     interrupted: bool = False
     stopped_before: int | None = None  # 1-based wave number not started (declined or no terminal)
+    stop_reason: str | None = None  # DECLINED or NO_TERMINAL
 
     @property
     def failed(self) -> list[TaskRun]:
-        return [t for t in self.tasks if t.state == FAILED]
+        """Tasks that ran or tried to and did not succeed (not those that never got the chance)."""
+        return [t for t in self.tasks if t.state not in (PENDING, CANCELLED, NOT_STARTED) and not t.ok]
 
     @property
     def exit_code(self) -> int:
         if self.interrupted:
             return 130
-        return 1 if self.failed else 0
+        if self.failed:
+            return 1
+        return 2 if self.stop_reason == NO_TERMINAL else 0
 
 
 class Interrupted(Exception):
@@ -103,7 +124,7 @@ class WaveRunner:
         resolved: ResolvedProfile,
         options: RunOptions,
         emit: Emit,
-        confirm: Callable[[int], bool],
+        confirm: Callable[[int], bool | None],
         output: Callable[[str, str], None] | None = None,
     ) -> None:
         self.plan = plan
@@ -112,12 +133,18 @@ class WaveRunner:
         self.emit_event = emit
         self.confirm = confirm
         self.output = output
+        self.launcher = launcher_for(
+            options.mode, tmux_socket=options.tmux_socket, tmux_session=options.tmux_session
+        )
+        self.autogroup_nice = autogroup_here(resolved)
         self.events: Inbox[tuple[str, str, int | None]] = Inbox()
         self.result = RunResult(new_id())
         self.runs: dict[str, TaskRun] = {}
         self.registry = Registry()
         self.log_dir = private_dir(private_dir(state_dir() / "logs") / f"run-{self.result.run_id}")
         self.scheduler = WaveScheduler([], 0)  # replaced as each wave starts
+        self.grace = min(max(options.grace, 0.0), MAX_GRACE)
+        self.warned: set[str] = set()
         from kas.probe import create_time
 
         self.owner = (os.getpid(), create_time(os.getpid()))
@@ -128,12 +155,19 @@ class WaveRunner:
     def emit(self, event: str, **data: Any) -> None:
         self.emit_event({"event": event, "run": self.result.run_id, "at": time.time(), **data})
 
+    def warn(self, messages: tuple[str, ...] | list[str]) -> None:
+        """Warnings are events too: the front end shows them, once each."""
+        for message in messages:
+            if message not in self.warned:
+                self.warned.add(message)
+                self.emit("warning", message=message)
+
     def _on_signal(self, signum: int, _frame: Any) -> None:
         if self.result.interrupted:
             # A second Ctrl-C while stopping: do not wait out the grace period.
             for run in self.runs.values():
-                if run.state == RUNNING and run.pid:
-                    sdk.signal_group(run.pid, signal.SIGKILL)
+                if run.state == RUNNING and run.handle is not None:
+                    run.handle.signal(signal.SIGKILL)
             return
         self._interrupt = True
         if self._waiting:
@@ -141,8 +175,8 @@ class WaveRunner:
 
     # -- the run ----------------------------------------------------------------------------------------
     def run(self) -> RunResult:
-        previous = {s: signal.signal(s, self._on_signal) for s in sdk.STOP_SIGNALS}
-        cap = self.resolved["max_parallel_wave_tasks"]
+        previous = {s: signal.signal(s, self._on_signal) for s in STOP_SIGNALS}
+        cap = self.resolved.settings.max_parallel_wave_tasks
         self.emit(
             "run_started",
             plan=self.plan.name,
@@ -152,6 +186,7 @@ class WaveRunner:
             mode=self.options.mode,
             profile=self.resolved.name,
         )
+        self.warn(self.resolved.warnings)
         try:
             with self.events:
                 self._run_waves(cap)
@@ -159,20 +194,26 @@ class WaveRunner:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
             self.registry.close()
+        self._not_started()
         self.emit(
             "run_done",
             exit_code=self.result.exit_code,
             failed=[t.task.id for t in self.result.failed],
             interrupted=self.result.interrupted,
+            stopped_before=self.result.stopped_before,
+            stop_reason=self.result.stop_reason,
         )
         return self.result
 
     def _run_waves(self, cap: int) -> None:
         try:
             for index in range(1, len(self.plan.waves) + 1):
-                if index > 1 and not self._ask(index):
-                    self.result.stopped_before = index
-                    break
+                if index > 1:
+                    answer = self._ask(index)
+                    if not answer:
+                        self.result.stopped_before = index
+                        self.result.stop_reason = NO_TERMINAL if answer is None else DECLINED
+                        break
                 if self._interrupt:
                     raise Interrupted
                 self._run_wave(index, cap)
@@ -181,7 +222,17 @@ class WaveRunner:
         except Interrupted:
             self._shutdown()
 
-    def _ask(self, index: int) -> bool:
+    def _not_started(self) -> None:
+        """Tasks of waves the run never reached appear in the summary too, as not started."""
+        reached = {r.task.id for r in self.result.tasks}
+        for index, wave in enumerate(self.plan.waves, 1):
+            for task in wave.tasks:
+                if task.id not in reached:
+                    self.result.tasks.append(
+                        TaskRun(task, index, "", self.log_dir / f"{task.id}.log", NOT_STARTED)
+                    )
+
+    def _ask(self, index: int) -> bool | None:
         """The confirmation prompt; Ctrl-C while it waits interrupts the run like any other wait."""
         self._waiting = True
         try:
@@ -205,29 +256,28 @@ class WaveRunner:
                 raise Interrupted
             self._waiting = True
             try:
-                _kind, task_id, status = self.events.get()
+                _kind, task_id, status = self._next_event()
             finally:
                 self._waiting = False
             self._finished(task_id, status)
         counts = {
-            s: sum(1 for t in wave.tasks if self.runs[t.id].state == s) for s in (DONE, FAILED, CANCELLED)
+            "ok": sum(1 for t in wave.tasks if self.runs[t.id].ok),
+            "failed": sum(1 for t in wave.tasks if self.runs[t.id] in self.result.failed),
+            "cancelled": sum(1 for t in wave.tasks if self.runs[t.id].state == CANCELLED),
         }
         self.emit("wave_done", wave=index, name=wave.name, **counts)
 
     def _finished(self, task_id: str, status: int | None) -> None:
         run = self.runs[task_id]
-        run.ended, run.exit_status = time.time(), status
-        ok = status == 0
-        run.state = DONE if ok else FAILED
+        run.exit_status = status
+        run.state = EXITED if status is not None else LOST
         if status is None:
-            run.reason = "lost: exit status unknown"
-        self.registry.update(run.inst_id, status="exited", exit_status=status, ended_at=run.ended)
-        self.emit(
-            "task_finished", wave=run.wave, task=task_id, exit_status=status, ok=ok, elapsed=run.elapsed
-        )
-        if not ok and self.options.fail_fast:
+            run.reason = "exit status unknown"
+        run.ended = lifecycle.mark_exited(self.registry, run.inst_id, status)
+        self._emit_finished(run)
+        if not run.ok and self.options.fail_fast:
             self._cancel(self.scheduler.stop_promoting())
-        self._launch_all(self.scheduler.finish(task_id, ok))
+        self._launch_all(self.scheduler.finish(task_id, run.ok))
 
     def _launch_all(self, task_ids: list[str]) -> None:
         """Launch promoted tasks; one that cannot start fails at once and promotes the next in turn."""
@@ -240,20 +290,18 @@ class WaveRunner:
             try:
                 self._launch(run)
             except LaunchError as exc:
-                run.state, run.reason, run.ended = FAILED, str(exc), time.time()
+                run.state, run.reason = FAILED, str(exc)
+                run.ended = lifecycle.mark_failed(self.registry, run.inst_id)
                 run.started = run.started or run.ended
-                self.registry.update(run.inst_id, status="failed", ended_at=run.ended)
                 self.emit("task_failed", wave=run.wave, task=task_id, reason=str(exc))
                 if self.options.fail_fast:
                     self._cancel(self.scheduler.stop_promoting())
                 work += self.scheduler.finish(task_id, False)
 
     def _cancel(self, task_ids: list[str]) -> None:
-        now = time.time()
         for task_id in task_ids:
             run = self.runs[task_id]
-            run.state, run.ended = CANCELLED, now
-            self.registry.update(run.inst_id, status="cancelled", ended_at=now)
+            run.state, run.ended = CANCELLED, lifecycle.mark_cancelled(self.registry, run.inst_id)
             self.emit("task_cancelled", wave=run.wave, task=task_id)
 
     # -- launching --------------------------------------------------------------------------------------
@@ -261,17 +309,17 @@ class WaveRunner:
         """Prepare a task (argv and env, once) and describe it as a pending registry row."""
         task = run.task
         prepared = run.prepared = prepare(self.resolved, task.argv, {**os.environ, **task.env})
-        warn_once(prepared.warnings)
+        self.warn(prepared.warnings)
         return Instance(
             id=run.inst_id,
             name=task.name,
             mode=self.options.mode,
-            status="pending",
+            status=PENDING,
             cwd=str(task.cwd),
             argv=task.argv,
             wrapped_argv=prepared.argv,
             resource_profile=self.resolved.name,
-            settings=dict(self.resolved.settings),
+            settings=self.resolved.settings.to_dict(),
             env={**task.env, **prepared.env},
             log_path=str(run.log),
             tmux_socket=self.options.tmux_socket if self.options.mode == "tmux" else None,
@@ -284,70 +332,21 @@ class WaveRunner:
 
     def _launch(self, run: TaskRun) -> None:
         task = run.task
-        caller_env = {**os.environ, **task.env}
         prepared = run.prepared
         assert prepared is not None, "tasks are prepared when their wave is registered"
-        ensure_command(task.argv, task.cwd, prepared.full_env(caller_env))
-        if self.options.mode == "tmux":
-            info = tmux.start(
-                run.inst_id,
-                prepared.argv,
-                {**task.env, **prepared.env},
-                task.cwd,
-                socket=self.options.tmux_socket,
-                session_name=self.options.tmux_session,
-                window_name=task.name,
-                log_path=run.log,
-                prefix_len=len(prepared.prefix),
-            )
-            run.pid, run.pane = info.pid, info.pane_id
-            pane_id = info.pane_id
-            # The pane's output reaches the log through pipe-pane; echo it from there as it comes.
-            follower = LogFollower(run.log, self._echo_to(task.id)) if self._streams else None
-
-            def waiter() -> int | None:
-                status = tmux.wait(self.options.tmux_socket, run.inst_id, pane_id)
-                if follower is not None:
-                    follower.stop()
-                return status
-
-        else:
-            run.pid, waiter = self._start_sdk(run, prepared.argv, prepared.full_env(caller_env))
-        _, run.started = mark_running(self.registry, run.inst_id, run.pid, tmux_target=run.pane)
+        env = prepared.full_env({**os.environ, **task.env})
+        ensure_command(task.argv, task.cwd, env)
+        spec = LaunchSpec(run.inst_id, task.name, prepared, task.cwd, env, run.log, self.autogroup_nice)
+        handle = run.handle = self.launcher.start(spec)
+        run.pid = handle.pid
+        _, run.started = lifecycle.mark_running(
+            self.registry, run.inst_id, run.pid, tmux_target=handle.target
+        )
         run.state = RUNNING
-        threading.Thread(target=self._wait, args=(run.task.id, run.pid, waiter), daemon=True).start()
         self.emit("task_promoted", wave=run.wave, task=task.id, pid=run.pid, instance=run.inst_id)
-
-    def _start_sdk(
-        self, run: TaskRun, argv: list[str], env: dict[str, str]
-    ) -> tuple[int, Callable[[], int | None]]:
-        log = open(run.log, "ab")  # noqa: SIM115 - closed by the waiter when the task ends
-        stream = self._streams
-        try:
-            proc = sdk.start(
-                argv,
-                env,
-                run.task.cwd,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE if stream else log,
-                stderr=subprocess.STDOUT if stream else log,
-            )
-        except LaunchError:
-            log.close()
-            raise
-        reader = None
-        if stream:
-            reader = threading.Thread(target=self._pump, args=(run.task.id, proc, log), daemon=True)
-            reader.start()
-
-        def wait() -> int | None:
-            code = sdk.exit_code(proc.wait())
-            if reader is not None:
-                reader.join()
-            log.close()
-            return code
-
-        return proc.pid, wait
+        # Echoed from the log as it grows, after the task's start was reported, in every mode alike.
+        follower = LogFollower(run.log, self._echo_to(task.id)) if self._streams else None
+        threading.Thread(target=self._wait, args=(run.task.id, handle, follower), daemon=True).start()
 
     @property
     def _streams(self) -> bool:
@@ -361,50 +360,54 @@ class WaveRunner:
 
         return echo
 
-    def _pump(self, task_id: str, proc: subprocess.Popen[bytes], log: Any) -> None:
-        assert proc.stdout is not None
-        echo = self._echo_to(task_id)
-        for raw in proc.stdout:
-            log.write(raw)
-            log.flush()
-            echo(raw)
-
-    def _wait(self, task_id: str, pid: int | None, waiter: Callable[[], int | None]) -> None:
+    def _wait(self, task_id: str, handle: Handle, follower: LogFollower | None) -> None:
         """Lower the task's autogroup, then wait for it: both off the event loop, since the kernel may make
         the autogroup write wait its turn (one per 100 ms for a normal user) behind the other tasks'."""
-        if pid:
-            lower_agent_group(self.resolved, pid)
+        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)  # signals are the main thread's to handle
+        problem = lower_group(handle.pid, self.autogroup_nice)
+        if problem:
+            self.events.put(("warning", problem, None))
         try:
-            status = waiter()
+            status = handle.wait()
         except Exception:  # the waiter must always report, or the wave would never end
             status = None
+        if follower is not None:
+            follower.stop()
         self.events.put(("finished", task_id, status))
 
     # -- interrupt --------------------------------------------------------------------------------------
+    def _next_event(self, timeout: float | None = None) -> tuple[str, str, int | None]:
+        """The next task end; warnings that arrive meanwhile are passed on."""
+        while True:
+            kind, value, status = self.events.get(timeout=timeout)
+            if kind != "warning":
+                return kind, value, status
+            self.warn([value])
+
     def _shutdown(self) -> None:
         """SIGTERM every running group, SIGKILL after the grace period, cancel pending; record it all."""
         self.result.interrupted = True
         self.emit("run_interrupted")
         running = [r for r in self.runs.values() if r.state == RUNNING]
         for run in running:
-            if run.pid:
-                sdk.signal_group(run.pid, signal.SIGTERM)
-        deadline = time.monotonic() + self.options.grace
+            if run.handle is not None:
+                run.handle.signal(signal.SIGTERM)
+        deadline = time.monotonic() + self.grace
         remaining = {r.task.id for r in running}
         while remaining and time.monotonic() < deadline:
             try:
-                _, task_id, status = self.events.get(timeout=max(0.0, deadline - time.monotonic()))
+                _, task_id, status = self._next_event(timeout=max(0.0, deadline - time.monotonic()))
             except queue.Empty:
                 break
             self._record_stopped(task_id, status)
             remaining.discard(task_id)
         for task_id in remaining:
-            run = self.runs[task_id]
-            if run.pid:
-                sdk.signal_group(run.pid, signal.SIGKILL)
+            handle = self.runs[task_id].handle
+            if handle is not None:
+                handle.signal(signal.SIGKILL)
         for _ in list(remaining):
             try:
-                _, done_id, status = self.events.get(timeout=5)
+                _, done_id, status = self._next_event(timeout=5)
             except queue.Empty:
                 break
             self._record_stopped(done_id, status)
@@ -412,15 +415,25 @@ class WaveRunner:
         for task_id in remaining:
             self._record_stopped(task_id, None)
         for run in self.runs.values():
-            if run.pid and run.state != PENDING:
-                sdk.signal_group(run.pid, signal.SIGKILL)  # stragglers that left the leader behind
+            if run.handle is not None and run.state != PENDING:
+                run.handle.signal(signal.SIGKILL)  # stragglers that left the leader behind
         self._cancel([r.task.id for r in self.runs.values() if r.state == PENDING])
 
     def _record_stopped(self, task_id: str, status: int | None) -> None:
         run = self.runs[task_id]
-        run.ended, run.exit_status = time.time(), status
-        run.state, run.reason = FAILED, "interrupted"
-        self.registry.update(run.inst_id, status="exited", exit_status=status, ended_at=run.ended)
+        run.exit_status = status
+        run.state, run.reason = STOPPED, "interrupted"
+        run.ended = lifecycle.mark_ended(self.registry, run.inst_id, STOPPED, status)
+        self._emit_finished(run)
+
+    def _emit_finished(self, run: TaskRun) -> None:
         self.emit(
-            "task_finished", wave=run.wave, task=task_id, exit_status=status, ok=False, elapsed=run.elapsed
+            "task_finished",
+            wave=run.wave,
+            task=run.task.id,
+            status=run.state,
+            label=run.label,
+            exit_status=run.exit_status,
+            ok=run.ok,
+            elapsed=run.elapsed,
         )

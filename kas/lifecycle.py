@@ -1,0 +1,52 @@
+"""Every change of an instance's status, in one place beside the registry.
+
+Launchers, the wave runner, the detached supervisor and ``kas instance`` all record starts and ends through
+these functions, so a status is always written with the fields that go with it (a start with the kernel's
+start time of the pid, an end with its time), and no module needs another's private helper to do it.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from kas.registry import Registry
+from kas.status import CANCELLED, EXITED, FAILED, LOST, RUNNING
+
+
+def mark_running(
+    registry: Registry, inst_id: str, pid: int | None, **extra: Any
+) -> tuple[float | None, float]:
+    """Record that an instance's process started; keep its kernel start time against pid reuse.
+
+    Returns ``(pid_create_time, started_at)``.
+    """
+    from kas.probe import create_time
+
+    created, started = (create_time(pid) if pid else None), time.time()
+    registry.update(inst_id, status=RUNNING, pid=pid, pid_create_time=created, started_at=started, **extra)
+    return created, started
+
+
+def mark_ended(registry: Registry, inst_id: str, status: str, exit_status: int | None = None) -> float:
+    """Record how an instance ended (one of ``status.FINISHED``); returns the time it was recorded."""
+    ended = time.time()
+    registry.update(inst_id, status=status, exit_status=exit_status, ended_at=ended)
+    return ended
+
+
+def mark_exited(registry: Registry, inst_id: str, exit_status: int | None) -> float:
+    """It ended by itself: ``exited`` with its status, or ``lost`` when nobody saw the status."""
+    return mark_ended(registry, inst_id, EXITED if exit_status is not None else LOST, exit_status)
+
+
+def mark_failed(registry: Registry, inst_id: str, **extra: Any) -> float:
+    """It could not be started."""
+    ended = time.time()
+    registry.update(inst_id, status=FAILED, ended_at=ended, **extra)
+    return ended
+
+
+def mark_cancelled(registry: Registry, inst_id: str) -> float:
+    """A pending task that will never start."""
+    return mark_ended(registry, inst_id, CANCELLED)
