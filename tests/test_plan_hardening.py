@@ -76,6 +76,9 @@ HOSTILE = [
     ("plan-name-nul", 'name = "a\\u0000b"  # <-\n{canary}', "name contains a NUL"),
     ("resources-not-a-table", "resources = 1  # <-\n{canary}", "resources must be a table"),
     # -- task values, in the second wave so the canary would have run first ----------------------------
+    ("task-id-trailing-newline", '{canary}[[waves]]\n[[waves.tasks]]\nid = "b\\n"  # <-\ncommand = ["true"]\n', "id 'b\\n' may only use letters"),
+    ("task-id-leading-dot", '{canary}[[waves]]\n[[waves.tasks]]\nid = ".b"  # <-\ncommand = ["true"]\n', "must start with a letter or digit"),
+    ("task-id-empty", '{canary}[[waves]]\n[[waves.tasks]]\nid = ""  # <-\ncommand = ["true"]\n', "wave 2 task 1: needs an id"),
     ("task-id-number", '{canary}[[waves]]\n[[waves.tasks]]\nid = 5  # <-\ncommand = ["true"]\n', "wave 2 task 1: needs an id"),
     ("task-env-list", '{canary}[[waves]]\n[[waves.tasks]]\nid = "b"\ncommand = ["true"]\nenv = ["A=1"]  # <-\n', "task 'b': [env] must be a table"),
     ("task-env-nul", '{canary}[[waves]]\n[[waves.tasks]]\nid = "b"\ncommand = ["true"]\nenv = { A = "\\u0000" }  # <-\n', "task 'b': [env] A contains a NUL"),

@@ -17,7 +17,8 @@ PLAN_KEYS = ("name", "defaults", "resources", "waves")
 DEFAULT_KEYS = ("cwd", "env", "mode")
 WAVE_KEYS = ("name", "tasks")
 TASK_KEYS = ("id", "command", "cwd", "env", "name")
-TASK_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+# Always used with fullmatch: with ``^...$`` and match, ``$`` also matches before a final newline.
+TASK_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 # A bare or dotted table header such as ``[defaults]`` or ``[[waves.tasks]]`` (quoted keys are not located).
 _HEADER = re.compile(r"^\s*(\[\[?)\s*([A-Za-z0-9_-]+(?:\s*\.\s*[A-Za-z0-9_-]+)*)\s*\]\]?\s*(?:#.*)?$")
 
@@ -248,8 +249,11 @@ def _task(
             raise err(f"{label}: unknown key '{key}'{suggest(key, TASK_KEYS)}", key_line(key))
     task_id = raw.get("id")
     id_line = key_line("id")
-    if not isinstance(task_id, str) or not TASK_ID.match(task_id):
+    if not isinstance(task_id, str) or not task_id:
         raise err(f"{label}: needs an id (letters, digits, '.', '_', '-'), e.g. id = \"build\"", id_line)
+    if not TASK_ID.fullmatch(task_id):
+        raise err(f"{label}: id {task_id!r} may only use letters, digits, '.', '_' and '-', and must "
+                  "start with a letter or digit", id_line)  # fmt: skip
     if task_id in seen:
         raise err(
             f"duplicate task id '{task_id}' (first used in {seen[task_id]}); ids must be unique", id_line
