@@ -78,6 +78,8 @@ HOSTILE = [
     # -- task values, in the second wave so the canary would have run first ----------------------------
     ("task-id-trailing-newline", '{canary}[[waves]]\n[[waves.tasks]]\nid = "b\\n"  # <-\ncommand = ["true"]\n', "id 'b\\n' may only use letters"),
     ("task-id-leading-dot", '{canary}[[waves]]\n[[waves.tasks]]\nid = ".b"  # <-\ncommand = ["true"]\n', "must start with a letter or digit"),
+    ("task-id-too-long-for-a-file-name", f'{{canary}}[[waves]]\n[[waves.tasks]]\nid = "{"b" * 253}"  # <-\ncommand = ["true"]\n', "is 253 characters; use at most 64"),
+    ("task-id-one-over-the-limit", f'{{canary}}[[waves]]\n[[waves.tasks]]\nid = "{"b" * 65}"  # <-\ncommand = ["true"]\n', "is 65 characters; use at most 64"),
     ("task-id-empty", '{canary}[[waves]]\n[[waves.tasks]]\nid = ""  # <-\ncommand = ["true"]\n', "wave 2 task 1: needs an id"),
     ("task-id-number", '{canary}[[waves]]\n[[waves.tasks]]\nid = 5  # <-\ncommand = ["true"]\n', "wave 2 task 1: needs an id"),
     ("task-env-list", '{canary}[[waves]]\n[[waves.tasks]]\nid = "b"\ncommand = ["true"]\nenv = ["A=1"]  # <-\n', "task 'b': [env] must be a table"),
@@ -113,8 +115,11 @@ def test_a_hostile_plan_is_one_located_line_and_nothing_runs(project: Path, body
 
 
 def test_the_canary_runs_when_nothing_is_wrong(project: Path) -> None:
-    """Without this, 'nothing ran' above could pass because the canary never works."""
-    text = render('{canary}[[waves]]\ntasks = [{ id = "b", command = ["true"] }]\n', project)
+    """Without this, 'nothing ran' above could pass because the canary never works.
+
+    The second task's id is as long as an id may be: its log file must be creatable too.
+    """
+    text = render(f'{{canary}}[[waves]]\ntasks = [{{ id = "{"b" * 64}", command = ["true"] }}]\n', project)
     (project / "plan.toml").write_text(text)
     result = kas_cli(project, "wave", "run", "--yes", "plan.toml")
     assert result.returncode == 0, result.stderr

@@ -19,6 +19,9 @@ WAVE_KEYS = ("name", "tasks")
 TASK_KEYS = ("id", "command", "cwd", "env", "name")
 # Always used with fullmatch: with ``^...$`` and match, ``$`` also matches before a final newline.
 TASK_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+# An id names its log file, <state>/logs/run-XXXX/<id>.log: a longer one than a file name may be (255
+# bytes) would only fail when its wave starts, after earlier waves ran. 64 leaves room and stays readable.
+MAX_TASK_ID = 64
 # A bare or dotted table header such as ``[defaults]`` or ``[[waves.tasks]]`` (quoted keys are not located).
 _HEADER = re.compile(r"^\s*(\[\[?)\s*([A-Za-z0-9_-]+(?:\s*\.\s*[A-Za-z0-9_-]+)*)\s*\]\]?\s*(?:#.*)?$")
 
@@ -251,6 +254,9 @@ def _task(
     id_line = key_line("id")
     if not isinstance(task_id, str) or not task_id:
         raise err(f"{label}: needs an id (letters, digits, '.', '_', '-'), e.g. id = \"build\"", id_line)
+    if len(task_id) > MAX_TASK_ID:
+        raise err(f"{label}: id {task_id[:20]!r}... is {len(task_id)} characters; use at most {MAX_TASK_ID} "
+                  "(the id names the task's log file)", id_line)  # fmt: skip
     if not TASK_ID.fullmatch(task_id):
         raise err(f"{label}: id {task_id!r} may only use letters, digits, '.', '_' and '-', and must "
                   "start with a letter or digit", id_line)  # fmt: skip
