@@ -15,6 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from kas.errors import PlanError
+from kas.waves.plan import MAX_TIMEOUT, Task, load_plan
+
 ROOT = Path(__file__).resolve().parent.parent
 MARK = "# <-"  # marks the line a case's error must name
 
@@ -92,6 +95,8 @@ HOSTILE = [
     ("task-cwd-unknown-user", '{canary}[[waves]]\n[[waves.tasks]]\nid = "b"\ncommand = ["true"]\ncwd = "~no-such-user-kas/x"  # <-\n', "cannot be used"),
     ("task-command-nul", '{canary}[[waves]]\n[[waves.tasks]]\nid = "b"\ncommand = ["tr\\u0000ue"]  # <-\n', "task 'b': command contains a NUL"),
     ("task-command-string-nul", '{canary}[[waves]]\n[[waves.tasks]]\nid = "b"\ncommand = "echo \\u0000"  # <-\n', "task 'b': command contains a NUL"),
+    ("task-timeout-nan", '{canary}[[waves]]\n[[waves.tasks]]\nid = "b"\ncommand = ["true"]\ntimeout = nan  # <-\n', "task 'b': timeout = nan must be a finite number"),
+    ("defaults-timeout-negative", "[defaults]\ntimeout = -1  # <-\n{canary}", "[defaults] timeout = -1 cannot be negative"),
     ("wave-name-number", '{canary}[[waves]]\nname = 2  # <-\n[[waves.tasks]]\nid = "b"\ncommand = ["true"]\n', "wave 2: name = 2 must be a string"),
     # -- lines come from the task's own table, not the first match anywhere ----------------------------
     ("line-after-inline-tasks", '[[waves]]\ntasks = [{canary_task}]\n[[waves]]\n[[waves.tasks]]\nid = "b"\ncommand = ["true"]\n[[waves.tasks]]\nid = "c"\ncommand = ["true"]\nname = 3  # <-\n', "task 'c': name = 3"),
@@ -125,3 +130,73 @@ def test_the_canary_runs_when_nothing_is_wrong(project: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert (project / "canary").exists()
     assert list(Path(os.environ["KAS_STATE_DIR"]).glob("logs/run-*")) != []
+
+
+# -- timeout: parsed by load_plan, enforced by the runner ---------------------------------------------
+
+
+def write_plan(project: Path, defaults: str, first: str, second: str = "") -> Path:
+    """A one-wave plan with two tasks; ``defaults`` and each task's extra lines are TOML text."""
+    path = project / "plan.toml"
+    path.write_text(
+        f"[defaults]\n{defaults}\n[[waves]]\n"
+        f'[[waves.tasks]]\nid = "a"\ncommand = ["true"]\n{first}\n'
+        f'[[waves.tasks]]\nid = "b"\ncommand = ["true"]\n{second}\n'
+    )
+    return path
+
+
+@pytest.mark.parametrize(
+    ("defaults", "first", "second", "expected"),
+    [
+        ("", "", "", (None, None)),
+        ("timeout = 600", "", "", (600.0, 600.0)),
+        ("timeout = 600", "timeout = 30", "", (30.0, 600.0)),  # the task wins, only for itself
+        ("timeout = 600", "timeout = 0", "", (None, 600.0)),  # 0 lifts the default
+        ("timeout = 0", "", "timeout = 2.5", (None, 2.5)),
+        ("", "timeout = 0.0", f"timeout = {MAX_TIMEOUT}", (None, float(MAX_TIMEOUT))),  # the bound is allowed
+        ("", "timeout = 1e-3", "timeout = 1_000", (0.001, 1000.0)),
+    ],
+)
+def test_timeout_comes_from_the_task_else_defaults(
+    project: Path, defaults: str, first: str, second: str, expected: tuple[float | None, float | None]
+) -> None:
+    tasks = load_plan(write_plan(project, defaults, first, second)).waves[0].tasks
+    assert (tasks[0].timeout, tasks[1].timeout) == expected
+    assert all(t.timeout is None or type(t.timeout) is float for t in tasks)  # an int in TOML is a float here
+
+
+@pytest.mark.parametrize(
+    ("defaults", "first", "line", "fragment"),
+    [
+        ("", "timeout = -1", 7, "task 'a': timeout = -1 cannot be negative"),
+        ("", "timeout = -0.5", 7, "cannot be negative"),
+        ("", 'timeout = "600"', 7, "timeout = '600' must be a number of seconds"),
+        ("", 'timeout = "10m"', 7, "must be a number of seconds"),
+        ("", "timeout = true", 7, "timeout = true must be a number of seconds"),
+        ("", "timeout = false", 7, "timeout = false must be a number"),
+        ("", "timeout = [60]", 7, "must be a number"),
+        ("", "timeout = 1979-05-27", 7, "timeout = 1979-05-27 must be a number"),
+        ("", "timeout = nan", 7, "timeout = nan must be a finite number"),
+        ("", "timeout = inf", 7, "timeout = inf must be a finite number"),
+        ("", "timeout = -inf", 7, "must be a finite number"),
+        ("", f"timeout = {MAX_TIMEOUT + 1}", 7, "is more than 7 days"),
+        ("", f"timeout = {MAX_TIMEOUT}.5", 7, "is more than 7 days"),
+        ("timeout = -3", "", 2, "[defaults] timeout = -3 cannot be negative"),
+        ("timeout = true", "timeout = 5", 2, "[defaults] timeout = true must be a number"),
+        ("timeout = 1e9", "", 2, "[defaults] timeout = 1000000000.0 is more than 7 days"),
+    ],
+)
+def test_a_bad_timeout_is_a_located_plan_error(
+    project: Path, defaults: str, first: str, line: int, fragment: str
+) -> None:
+    path = write_plan(project, defaults, first)
+    with pytest.raises(PlanError) as caught:
+        load_plan(path)
+    assert caught.value.line == line, str(caught.value)
+    assert fragment in caught.value.message
+
+
+def test_a_task_built_without_a_timeout_has_none() -> None:
+    """The runner and older callers build Tasks positionally; the new field must not break them."""
+    assert Task("a", ["true"], Path("."), {}, "a").timeout is None

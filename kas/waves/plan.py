@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 import shlex
 from collections.abc import Callable
@@ -14,25 +15,31 @@ from kas.errors import ConfigError, PlanError
 from kas.profiles import EXECUTION_MODES, suggest, validate_env
 
 PLAN_KEYS = ("name", "defaults", "resources", "waves")
-DEFAULT_KEYS = ("cwd", "env", "mode")
+DEFAULT_KEYS = ("cwd", "env", "mode", "timeout")
 WAVE_KEYS = ("name", "tasks")
-TASK_KEYS = ("id", "command", "cwd", "env", "name")
+TASK_KEYS = ("id", "command", "cwd", "env", "name", "timeout")
 # Always used with fullmatch: with ``^...$`` and match, ``$`` also matches before a final newline.
 TASK_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 # An id names its log file, <state>/logs/run-XXXX/<id>.log: a longer one than a file name may be (255
 # bytes) would only fail when its wave starts, after earlier waves ran. 64 leaves room and stays readable.
 MAX_TASK_ID = 64
+# A task timeout above a week is far more likely a unit slip (milliseconds?) than a wish; 0 means none.
+MAX_TIMEOUT = 7 * 24 * 60 * 60
 # A bare or dotted table header such as ``[defaults]`` or ``[[waves.tasks]]`` (quoted keys are not located).
 _HEADER = re.compile(r"^\s*(\[\[?)\s*([A-Za-z0-9_-]+(?:\s*\.\s*[A-Za-z0-9_-]+)*)\s*\]\]?\s*(?:#.*)?$")
 
 
 @dataclass(frozen=True)
 class Task:
+    """One command of a wave, with everything it needs already validated and resolved."""
+
     id: str
     argv: list[str]
     cwd: Path
     env: dict[str, str]
     name: str
+    # Seconds the task may run; None = no limit. Defaults to None so older constructors keep working.
+    timeout: float | None = None
 
 
 @dataclass(frozen=True)
@@ -52,6 +59,15 @@ class Plan:
     @property
     def task_count(self) -> int:
         return sum(len(w.tasks) for w in self.waves)
+
+
+@dataclass(frozen=True)
+class _Defaults:
+    """What ``[defaults]`` gives every task that does not set its own value."""
+
+    cwd: Path
+    env: dict[str, str]
+    timeout: float | None
 
 
 class _ErrorAt(Protocol):
@@ -154,6 +170,12 @@ def load_plan(path: Path) -> Plan:
         err,
         lambda: default_line("env") or where.header("defaults.env", 0, array=False),
     )
+    default_timeout = (
+        _timeout(defaults["timeout"], "[defaults] timeout", err, lambda: default_line("timeout"))
+        if "timeout" in defaults
+        else None
+    )
+    task_defaults = _Defaults(default_cwd, default_env, default_timeout)
     if not isinstance(doc.get("resources", {}), dict):
         raise err("resources must be a table: use [resources]", top("resources"))
     resources = validate_resources(doc, path, text, PlanError)
@@ -173,7 +195,7 @@ def load_plan(path: Path) -> Plan:
         if not isinstance(raw, dict):
             raise err(f"wave {w_index + 1} must be a table: use [[waves]]", header or waves_at)
         at = (header, following, waves_at)
-        waves.append(_wave(raw, w_index, at, default_cwd, default_env, seen, err, where))
+        waves.append(_wave(raw, w_index, at, task_defaults, seen, err, where))
     return Plan(path, name, mode, resources, waves)
 
 
@@ -181,8 +203,7 @@ def _wave(
     raw: dict[str, Any],
     index: int,
     at: tuple[int | None, int | None, int | None],
-    cwd: Path,
-    env: dict[str, str],
+    defaults: _Defaults,
     seen: dict[str, str],
     err: _ErrorAt,
     where: _Locator,
@@ -221,7 +242,7 @@ def _wave(
         line = task_headers[t_index] if t_index < len(task_headers) else None
         if not isinstance(task, dict):
             raise err(f"{task_label} must be a table: use [[waves.tasks]]", line or tasks_at)
-        tasks.append(_task(task, task_label, line, tasks_at, cwd, env, seen, err, where))
+        tasks.append(_task(task, task_label, line, tasks_at, defaults, seen, err, where))
     name = raw.get("name", label)
     _text(name, f"{label}: name", err, lambda: where.key("name", header) or home)
     return Wave(name, tasks)
@@ -232,8 +253,7 @@ def _task(
     label: str,
     line: int | None,
     fallback: int | None,
-    cwd: Path,
-    env: dict[str, str],
+    defaults: _Defaults,
     seen: dict[str, str],
     err: _ErrorAt,
     where: _Locator,
@@ -286,11 +306,19 @@ def _task(
     if any("\0" in arg for arg in argv):
         raise err(f"task '{task_id}': command contains a NUL character (\\u0000); no program can "
                   "receive one", command_line())  # fmt: skip
-    task_cwd = _cwd(raw["cwd"], cwd, err, lambda: key_line("cwd")) if "cwd" in raw else cwd
-    task_env = {**env, **_env(raw.get("env", {}), "env", f"task '{task_id}': ", err, lambda: key_line("env"))}
+    task_cwd = _cwd(raw["cwd"], defaults.cwd, err, lambda: key_line("cwd")) if "cwd" in raw else defaults.cwd
+    task_env = {
+        **defaults.env,
+        **_env(raw.get("env", {}), "env", f"task '{task_id}': ", err, lambda: key_line("env")),
+    }
     name = raw.get("name", task_id)
     _text(name, f"task '{task_id}': name", err, lambda: key_line("name"))
-    return Task(task_id, argv, task_cwd, task_env, name)
+    timeout = (
+        _timeout(raw["timeout"], f"task '{task_id}': timeout", err, lambda: key_line("timeout"))
+        if "timeout" in raw
+        else defaults.timeout
+    )
+    return Task(task_id, argv, task_cwd, task_env, name, timeout)
 
 
 def _text(value: Any, label: str, err: _ErrorAt, line: Callable[[], int | None]) -> None:
@@ -333,3 +361,28 @@ def _env(
         if "\0" in text:
             raise err(f"{prefix}[{section}] {name} contains a NUL character (\\u0000); remove it", line())
     return env
+
+
+def _timeout(value: Any, label: str, err: _ErrorAt, line: Callable[[], int | None]) -> float | None:
+    """Seconds a task may run, or None for no limit; 0 says "none" explicitly, e.g. to lift a default.
+
+    TOML booleans are Python ints and TOML has ``nan`` and ``inf``: each is refused by name here, so the
+    runner only ever sees a positive, finite number of seconds or None.
+    """
+    shown = (
+        str(value).lower()
+        if isinstance(value, bool)
+        else repr(value)
+        if isinstance(value, str)
+        else str(value)
+    )
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise err(f"{label} = {shown} must be a number of seconds, e.g. timeout = 600 (0 = none)", line())
+    if not math.isfinite(value):
+        raise err(f"{label} = {shown} must be a finite number of seconds (0 = none)", line())
+    if value < 0:
+        raise err(f"{label} = {shown} cannot be negative; use 0 for no timeout", line())
+    if value > MAX_TIMEOUT:
+        raise err(f"{label} = {shown} is more than 7 days ({MAX_TIMEOUT} seconds); use 0 for no timeout",
+                  line())  # fmt: skip
+    return float(value) if value else None
