@@ -237,5 +237,7 @@ def validate_env(env: Any, *, section: str = "resources.env", forced: bool = Fal
                 key=name,
             )
         if "\0" in value:
-            raise ConfigError(f"[{section}] {name}: a value cannot hold a NUL character", key=name)
+            raise ConfigError(
+                f"[{section}] {name} contains a NUL character, which no environment can hold", key=name
+            )
     return dict(env)
