@@ -54,8 +54,10 @@ class HostFacts:
         )
 
 
-def tool_findings(platform: str, which: Callable[[str], str | None], mode: str) -> list[Finding]:
-    """nice, ionice and tmux on PATH."""
+def tool_findings(
+    platform: str, which: Callable[[str], str | None], needed: tuple[str, ...] = ()
+) -> list[Finding]:
+    """nice, ionice and tmux on PATH; a tool the configured launcher needs (``needed``) must be there."""
     found = []
     nice = which("nice")
     found.append(Finding("nice on PATH", "ok" if nice else "fail", nice or "not found: install coreutils"))
@@ -67,7 +69,7 @@ def tool_findings(platform: str, which: Callable[[str], str | None], mode: str) 
     else:
         found.append(Finding("ionice on PATH", "info", f"not used on {platform}"))
     tmux = which("tmux")
-    missing = "fail" if mode == "tmux" else "warn"
+    missing = "fail" if "tmux" in needed else "warn"
     found.append(
         Finding("tmux on PATH", "ok" if tmux else missing, tmux or "not found: needed for tmux mode")
     )

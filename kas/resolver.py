@@ -172,8 +172,8 @@ def build_env(resolved: ResolvedProfile, caller_env: Mapping[str, str]) -> dict[
 
 def uses_cgroup(resolved: ResolvedProfile, user_manager: bool) -> bool:
     """Whether agents go into a systemd scope: ``systemd`` always asks, ``auto`` only when one answers."""
-    mode = resolved.settings.cgroup
-    return resolved.active and (mode == "systemd" or (mode == "auto" and user_manager))
+    cgroup = resolved.settings.cgroup
+    return resolved.active and (cgroup == "systemd" or (cgroup == "auto" and user_manager))
 
 
 def autogroup_target(resolved: ResolvedProfile) -> int:

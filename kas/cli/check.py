@@ -38,8 +38,10 @@ def check(app: App, pid: int | None, as_json: bool) -> None:
         findings.append(Finding("config", "ok", app.config_label + f" (profile {resolved.name})"))
     except ConfigError as exc:
         findings.append(Finding("config", "fail", str(exc)))
-    mode = resolved.settings.execution_mode if resolved else "sdk"
-    tools = tool_findings(host.system(), host.which, mode)
+    from kas.launch.modes import launcher_for
+
+    launcher = launcher_for(resolved.settings.execution_mode if resolved else "sdk")
+    tools = tool_findings(host.system(), host.which, launcher.tools)
     findings += tools
     findings += host_findings(HostFacts.gather(Path.cwd()), resolved, tools)
     procs: list[ProcFacts] = []

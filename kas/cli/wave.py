@@ -74,6 +74,13 @@ def _read_answer(out: Output, stream: Any, prompt: str) -> bool | None:
     shell_complete=set_keys,
     help="Override a [resources] key for this run (repeatable); beats the plan and the config.",
 )
+@click.option(
+    "-j",
+    "--max-parallel",
+    type=click.IntRange(min=0),
+    metavar="N",
+    help="At most N tasks at once (0 = all); the same as --set max_parallel_wave_tasks=N.",
+)
 @mode_option("Override the execution mode (beats the plan's [defaults] mode and the config).")
 @click.option("--yes", "-y", is_flag=True, help="Start every later wave without asking.")
 @click.option("--fail-fast", is_flag=True, help="After a failure, promote nothing more and stop.")
@@ -87,6 +94,7 @@ def run(
     app: App,
     plan_file: Path,
     sets: tuple[str, ...],
+    max_parallel: int | None,
     mode: str | None,
     yes: bool,
     fail_fast: bool,
@@ -116,7 +124,10 @@ def run(
 
     out = app.output(as_json)
     plan = load_plan(plan_file)
-    resolved = app.resolve(plan.resources, parse_sets(sets), quiet=True)
+    overrides = parse_sets(sets)
+    if max_parallel is not None:
+        overrides["max_parallel_wave_tasks"] = max_parallel
+    resolved = app.resolve(plan.resources, overrides, quiet=True)
     chosen = choose_mode(mode, plan.mode, resolved.settings.execution_mode)
     view = View(out, live=_isatty(sys.stdout) and os.environ.get("TERM") != "dumb")
     options = RunOptions(chosen, fail_fast, show_output, tmux_socket, tmux_session, grace)

@@ -83,6 +83,7 @@ class Launcher(Protocol):
 
     mode: str
     always_detached: bool  # its agents outlive this process by nature (a tmux window)
+    tools: tuple[str, ...]  # programs it cannot work without
 
     def start(self, spec: LaunchSpec) -> Handle:
         """Start an agent that this process watches (waves, the bench); output goes to ``spec.log``."""
@@ -99,6 +100,10 @@ class Launcher(Protocol):
 
     def describe(self, prepared: Prepared) -> Mapping[str, str]:
         """What ``--dry-run`` adds for this mode (e.g. the tmux pane's command)."""
+        ...
+
+    def row_fields(self) -> dict[str, str | None]:
+        """Registry columns this mode needs to find its agents again (the tmux socket)."""
         ...
 
     def release(self) -> None:

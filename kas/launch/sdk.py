@@ -145,6 +145,7 @@ class SdkLauncher:
     """Agents as direct children (waves, the bench, a foreground spawn) or under a detached supervisor."""
 
     mode = "sdk"
+    tools: tuple[str, ...] = ()
     always_detached = False
 
     def start(self, spec: LaunchSpec) -> SdkHandle:
@@ -171,6 +172,9 @@ class SdkLauncher:
     def release(self) -> None:
         return None
 
+    def row_fields(self) -> dict[str, str | None]:
+        return {}
+
     def _foreground(self, spec: LaunchSpec, registry: Registry) -> SpawnOutcome:
         """Run attached to this terminal; stop signals are forwarded to the agent's whole group.
 
@@ -181,27 +185,32 @@ class SdkLauncher:
         stopped too: nothing kas started outlives it unseen.
         """
         terminal = foreground_terminal()
-        try:
-            proc = popen(spec.prepared.argv, spec.env, spec.cwd, stdin=None, terminal=terminal)
-        except LaunchError:
-            lifecycle.mark_failed(registry, spec.inst_id)
-            raise
-        handle = SdkHandle(proc.pid, proc=proc)
-        outcome = SpawnOutcome(handle)
-        session_group = host.read_autogroup(os.getpid()) if terminal is not None else None
-        problem = lower_group(proc.pid, spec.autogroup_nice)
-        outcome.warnings += [problem] if problem else []
-        lifecycle.mark_running(registry, spec.inst_id, proc.pid)
         stopped: list[int] = []
+        started: list[int] = []
+        session_group = host.read_autogroup(os.getpid()) if terminal is not None else None
 
         def forward(signum: int, _frame: Any) -> None:
             stopped.append(signum)
-            signal_group(proc.pid, signum)
+            if started:  # a signal before the start is passed on right after it
+                signal_group(started[0], signum)
 
+        # In place before the agent starts: a stop signal can never find kas without its forwarder.
         previous = {sig: signal.signal(sig, forward) for sig in STOP_SIGNALS}
         try:
+            try:
+                proc = popen(spec.prepared.argv, spec.env, spec.cwd, stdin=None, terminal=terminal)
+            except LaunchError:
+                lifecycle.mark_failed(registry, spec.inst_id)
+                raise
+            started.append(proc.pid)
+            for signum in stopped:
+                signal_group(proc.pid, signum)
+            outcome = SpawnOutcome(SdkHandle(proc.pid, proc=proc))
+            problem = lower_group(proc.pid, spec.autogroup_nice)
+            outcome.warnings += [problem] if problem else []
+            lifecycle.mark_running(registry, spec.inst_id, proc.pid)
             status = exit_code(proc.wait())
-            if stopped:
+            if stopped:  # what the agent left of its group (a shell's background job) goes with it
                 stop_group(proc.pid, 2.0)
         finally:
             for sig, handler in previous.items():

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kas.launch.base import LaunchSpec
+from kas.launch.base import Launcher, LaunchSpec
 from kas.launch.modes import launcher_for
 from kas.launch.prepare import Prepared, ensure_command
 from kas.launch.session import autogroup_here, lower_group
@@ -38,9 +38,11 @@ class SpawnResult:
     warnings: list[str] = field(default_factory=list)
 
 
-def new_instance(request: SpawnRequest, resolved: ResolvedProfile, prepared: Prepared) -> Instance:
+def new_instance(
+    request: SpawnRequest, resolved: ResolvedProfile, prepared: Prepared, launcher: Launcher
+) -> Instance:
     """The registry row for an agent, before it has a process."""
-    return Instance(
+    row = Instance(
         id=new_id(),
         name=request.name,
         mode=request.mode,
@@ -51,8 +53,10 @@ def new_instance(request: SpawnRequest, resolved: ResolvedProfile, prepared: Pre
         resource_profile=resolved.name,
         settings=resolved.settings.to_dict(),
         env=prepared.env,
-        tmux_socket=request.tmux_socket if request.mode == "tmux" else None,
     )
+    for column, value in launcher.row_fields().items():
+        setattr(row, column, value)
+    return row
 
 
 def spawn_instance(
@@ -71,7 +75,7 @@ def spawn_instance(
     launcher = launcher_for(request.mode, tmux_socket=request.tmux_socket, tmux_session=request.tmux_session)
     registry = Registry()
     try:
-        row = registry.insert(new_instance(request, resolved, prepared))
+        row = registry.insert(new_instance(request, resolved, prepared, launcher))
         foreground = not (request.detach or launcher.always_detached)
         log = None if foreground else log_path(row.id)
         spec = LaunchSpec(row.id, request.name, prepared, request.cwd, env, log, autogroup_here(resolved))

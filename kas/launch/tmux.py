@@ -235,6 +235,7 @@ class TmuxLauncher:
     """One window per agent in ``session`` on the server at ``socket`` (None: the user's default)."""
 
     mode = "tmux"
+    tools: tuple[str, ...] = ("tmux",)
     always_detached = True
 
     def __init__(self, socket: str | None = None, session: str = "kas") -> None:
@@ -333,6 +334,9 @@ class TmuxLauncher:
 
     def attach(self, inst: Instance) -> TmuxHandle:
         return TmuxHandle(inst.tmux_socket, inst.id, inst.tmux_target, inst.pid, inst.pid_create_time)
+
+    def row_fields(self) -> dict[str, str | None]:
+        return {"tmux_socket": self.socket}
 
     def release(self) -> None:
         """Remove the session if no window of an agent is left in it (its first window is kas's own)."""

@@ -310,7 +310,7 @@ class WaveRunner:
         task = run.task
         prepared = run.prepared = prepare(self.resolved, task.argv, {**os.environ, **task.env})
         self.warn(prepared.warnings)
-        return Instance(
+        row = Instance(
             id=run.inst_id,
             name=task.name,
             mode=self.options.mode,
@@ -322,13 +322,15 @@ class WaveRunner:
             settings=self.resolved.settings.to_dict(),
             env={**task.env, **prepared.env},
             log_path=str(run.log),
-            tmux_socket=self.options.tmux_socket if self.options.mode == "tmux" else None,
             wave_run=self.result.run_id,
             wave_index=run.wave,
             task_id=task.id,
             owner_pid=self.owner[0],
             owner_create_time=self.owner[1],
         )
+        for column, value in self.launcher.row_fields().items():
+            setattr(row, column, value)
+        return row
 
     def _launch(self, run: TaskRun) -> None:
         task = run.task
