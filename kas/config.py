@@ -146,6 +146,12 @@ def parse_toml(path: Path, error: type[ConfigError] = ConfigError) -> tuple[dict
         raise error("file is not UTF-8 text", path=path) from None
     try:
         return tomllib.loads(text), text
+    except RecursionError:
+        # tomllib parses nested arrays and inline tables recursively: a few hundred levels exhaust the stack.
+        raise error(
+            "TOML nesting too deep (arrays or inline tables inside each other hundreds of times); flatten it",
+            path=path,
+        ) from None
     except tomllib.TOMLDecodeError as exc:
         message = str(exc)
         match = _TOML_POS.search(message)

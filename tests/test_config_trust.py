@@ -1,5 +1,5 @@
 """Which configs kas obeys: found ones must be the user's own (like git's safe.directory); named ones
-must not be writable by everyone.
+must not be writable by everyone; too deeply nested TOML is one line, not a RecursionError.
 
 Other users are simulated by chown-ing real files to ``nobody`` (the suite runs as root).
 """
@@ -10,6 +10,7 @@ import grp
 import os
 import pwd
 import subprocess
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -240,3 +241,34 @@ def named(how: str, config: Path):  # type: ignore[no-untyped-def]
     if how == "--config":
         return run_kas("--config", str(config), "profile", "show")
     return run_kas("profile", "show", env={"KASMOS_CONFIG": str(config)})
+
+
+DEEP_ARRAY = "[" * 600 + "]" * 600
+DEEP_TABLE = "{a = " * 600 + "1" + "}" * 600
+
+
+@pytest.mark.parametrize("value", [DEEP_ARRAY, DEEP_TABLE], ids=["arrays", "inline-tables"])
+def test_deeply_nested_config_is_one_line(project: Path, value: str) -> None:
+    config = plant(project, f"[resources]\nprofile = {value}\n")
+    result = run_kas("profile", "show")
+    assert_user_error(result, str(config), "nesting too deep")
+    assert "RecursionError" not in result.stderr
+
+
+def test_deeply_nested_plan_is_one_line_and_runs_nothing(project: Path, tmp_path: Path) -> None:
+    canary = tmp_path / "canary"
+    plan = project / "plan.toml"
+    plan.write_text(
+        textwrap.dedent(f"""\
+        name = "deep"
+        [[waves]]
+        [[waves.tasks]]
+        id = "t"
+        command = ["touch", "{canary}"]
+        [defaults]
+        env = {{ X = {DEEP_ARRAY} }}
+        """)
+    )
+    result = run_kas("wave", "run", "--yes", str(plan))
+    assert_user_error(result, str(plan), "nesting too deep")
+    assert not canary.exists()
