@@ -63,5 +63,9 @@ class RegistryError(KasError):
     """The instance database cannot be used (corrupt, newer schema, unwritable)."""
 
 
+class StateError(KasError):
+    """The state directory cannot be used safely: not a directory, not writable, or not private."""
+
+
 class LaunchError(KasError):
     """An agent could not be started (missing tmux, bad cwd, ...)."""
