@@ -9,11 +9,13 @@ from kas.profiles import KEYS, PROFILES
 
 
 def instance_ids(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[CompletionItem]:
-    """Ids from the registry, newest first; no database yet, or an unusable state dir, means nothing to offer.
+    """Ids from the registry, newest first; no database yet, or an unusable one, means nothing to offer.
 
     A completion must never print a traceback into the user's command line: the command itself reports
-    what is wrong with the state directory when it runs.
+    what is wrong with the state directory or the database when it runs.
     """
+    import sqlite3
+
     from kas.errors import KasError
     from kas.registry import DB_NAME, Registry
     from kas.statedir import state_dir
@@ -21,7 +23,7 @@ def instance_ids(ctx: click.Context, param: click.Parameter, incomplete: str) ->
     try:
         if not (state_dir() / DB_NAME).exists():
             return []
-        registry = Registry()
+        registry = Registry(timeout=0.5)
     except KasError:
         return []
     try:
@@ -30,6 +32,8 @@ def instance_ids(ctx: click.Context, param: click.Parameter, incomplete: str) ->
             " ORDER BY created_at DESC LIMIT 200",
             (len(incomplete), incomplete),
         ).fetchall()
+    except sqlite3.Error:
+        return []
     finally:
         registry.close()
     return [CompletionItem(r["id"], help=f"{r['name']} ({r['status']})") for r in rows]
