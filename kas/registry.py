@@ -36,6 +36,7 @@ BUSY_TIMEOUT = 30.0
 # quarter of the whole timeout, so a short timeout is still several tries).
 BUSY_SLICE = 1.0
 MOVE_ASIDE = "move it aside to start a new one"
+SQLITE_BUSY, SQLITE_LOCKED = 5, 6  # primary result codes (sqlite3 names them only from Python 3.11)
 
 DB_NAME = "instances.db"
 MIGRATIONS: tuple[str, ...] = (
@@ -175,7 +176,7 @@ def _is_busy(exc: sqlite3.Error) -> bool:
     """SQLITE_BUSY or SQLITE_LOCKED: another connection holds a lock we need; waiting may help."""
     code = getattr(exc, "sqlite_errorcode", None)  # Python 3.11+
     if code is not None:
-        return code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+        return code & 0xFF in (SQLITE_BUSY, SQLITE_LOCKED)
     return "locked" in str(exc) or "busy" in str(exc)  # pragma: no cover - Python 3.10
 
 
