@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -13,6 +14,7 @@ from typing import Any
 from kas.errors import ConfigError
 from kas.profiles import validate_table
 from kas.resolver import ResolvedProfile, merge_tables, resolve
+from kas.trust import others_can_write, user_name, write_fix
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -44,22 +46,92 @@ class Config:
 
 
 def find_config(start: Path) -> Path | None:
-    """Walk up from ``start`` like git looks for ``.git``; the nearest ``.kasmos/config.toml`` wins."""
+    """Walk up from ``start`` like git looks for ``.git``; the nearest ``.kasmos/config.toml`` wins.
+
+    A file found this way was not named by the user, so it must pass ``check_found`` before kas obeys it.
+    """
     for directory in (start, *start.parents):
         candidate = directory / CONFIG_RELPATH
         if candidate.is_file():
+            check_found(candidate)
             return candidate
     return None
 
 
-def config_path(explicit: str | os.PathLike[str] | None, cwd: Path | None = None) -> Path | None:
-    """``--config`` beats ``$KASMOS_CONFIG`` beats discovery; an explicit path that is missing is an error."""
-    chosen = explicit or os.environ.get(CONFIG_ENV) or None
+def check_found(path: Path) -> None:
+    """Refuse a discovered config that someone else could have written (git's ``safe.directory`` rule).
+
+    Its ``[resources.env]`` can set ``PATH`` for every agent, so a config dropped into a shared
+    directory such as /tmp would run its author's programs as whoever runs kas below it. The file and
+    its ``.kasmos`` directory (and, through a symlink, the real file's directory) must belong to the
+    user or root and be writable by nobody else.
+    """
+    me = os.geteuid()
+    real = path.resolve()
+    places = [(path, "it"), (path.parent, f"its directory {path.parent}")]
+    if real.parent != path.parent.resolve():
+        places.append((real.parent, f"its real directory {real.parent}"))
+    for place, what in places:
+        st = place.stat()
+        if st.st_uid not in (me, 0):
+            raise ConfigError(
+                f"refusing this config: {what} belongs to {user_name(st.st_uid)}, not to you "
+                f"({user_name(me, with_uid=False)}), and a config can run programs as you; if you trust it, "
+                f"`chown` it to yourself or name it with --config",
+                path=path,
+            )
+        reason = others_can_write(st)
+        if reason:
+            raise ConfigError(
+                f"refusing this config: {what} is {reason}, so anyone could have changed it; "
+                f"if you trust it, `{write_fix(st)} {place}`",
+                path=path,
+            )
+
+
+def check_named(path: Path, source: str) -> None:
+    """Refuse a config the user named (--config, $KASMOS_CONFIG) only if anyone could have changed it.
+
+    Naming a file is trusting its author, so any owner is fine; but a world-writable file, or one in a
+    world-writable directory without the sticky bit (anyone may replace it), is not the file they read.
+    """
+    st = path.stat()
+    if st.st_mode & stat.S_IWOTH:
+        raise ConfigError(
+            f"refusing this config (from {source}): it is writable by everyone "
+            f"(mode {stat.S_IMODE(st.st_mode):04o}), so anyone could have changed it; "
+            f"if you trust it, `chmod o-w {path}`",
+            path=path,
+        )
+    directory = path.resolve().parent
+    dst = directory.stat()
+    if dst.st_mode & stat.S_IWOTH and not dst.st_mode & stat.S_ISVTX:
+        raise ConfigError(
+            f"refusing this config (from {source}): its directory {directory} is writable by everyone "
+            f"without the sticky bit, so anyone could have replaced it; move the file to a directory "
+            f"only you can write",
+            path=path,
+        )
+
+
+def config_path(
+    explicit: str | os.PathLike[str] | None, cwd: Path | None = None, source: str = "--config"
+) -> Path | None:
+    """``--config`` beats ``$KASMOS_CONFIG`` beats discovery; an explicit path that is missing is an error.
+
+    ``source`` says how ``explicit`` was given (the CLI passes ``$KASMOS_CONFIG`` when Click read the
+    option from the environment), so messages point at what the user has to change.
+    """
+    chosen = explicit or None
+    if not chosen and os.environ.get(CONFIG_ENV):
+        chosen, source = os.environ[CONFIG_ENV], f"${CONFIG_ENV}"
     if chosen:
         path = Path(chosen).expanduser()
+        if path.is_dir():
+            raise ConfigError(f"is a directory, not a config file (from {source}); name the file", path=path)
         if not path.is_file():
-            source = "--config" if explicit else f"${CONFIG_ENV}"
             raise ConfigError(f"config file not found (from {source}); create it or fix the path", path=path)
+        check_named(path, source)
         return path
     return find_config((cwd or Path.cwd()).resolve())
 
@@ -74,6 +146,12 @@ def parse_toml(path: Path, error: type[ConfigError] = ConfigError) -> tuple[dict
         raise error("file is not UTF-8 text", path=path) from None
     try:
         return tomllib.loads(text), text
+    except RecursionError:
+        # tomllib parses nested arrays and inline tables recursively: a few hundred levels exhaust the stack.
+        raise error(
+            "TOML nesting too deep (arrays or inline tables inside each other hundreds of times); flatten it",
+            path=path,
+        ) from None
     except tomllib.TOMLDecodeError as exc:
         message = str(exc)
         match = _TOML_POS.search(message)

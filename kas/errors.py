@@ -63,5 +63,18 @@ class RegistryError(KasError):
     """The instance database cannot be used (corrupt, newer schema, unwritable)."""
 
 
+class RegistryBusyError(RegistryError):
+    """Another process held the database's write lock for longer than kas waits.
+
+    Nothing is wrong with the user's setup, so this is a run-time failure (exit 1): trying again works.
+    """
+
+    exit_code = 1
+
+
+class StateError(KasError):
+    """The state directory cannot be used safely: not a directory, not writable, or not private."""
+
+
 class LaunchError(KasError):
     """An agent could not be started (missing tmux, bad cwd, ...)."""

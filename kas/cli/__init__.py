@@ -35,7 +35,8 @@ class KasCLI(KasGroup, LazyGroup):
 @click.option(
     "--config",
     "config_file",
-    type=click.Path(dir_okay=False),
+    type=click.Path(),
+    metavar="FILE",
     envvar="KASMOS_CONFIG",
     help="Config file to use instead of the nearest .kasmos/config.toml (also $KASMOS_CONFIG).",
 )
@@ -49,4 +50,5 @@ def main(ctx: click.Context, config_file: str | None) -> None:
 
     Exit codes: 0 ok, 1 a failure was found, 2 usage or config error, 130 interrupted.
     """
-    ctx.obj = App(config_file)
+    from_env = ctx.get_parameter_source("config_file") is click.core.ParameterSource.ENVIRONMENT
+    ctx.obj = App(config_file, "$KASMOS_CONFIG" if from_env else "--config")

@@ -19,15 +19,17 @@ if TYPE_CHECKING:
 class App:
     """Per-invocation state handed to commands through ``ctx.obj``."""
 
-    def __init__(self, config_file: str | None) -> None:
+    def __init__(self, config_file: str | None, config_source: str = "--config") -> None:
+        # Click feeds $KASMOS_CONFIG into the --config option; the source keeps messages naming the right one.
         self.config_file = config_file
         self.out = Output()
+        self.config_source = config_source
 
     @cached_property
     def config(self) -> Config:
         from kas.config import config_path, load_config
 
-        return load_config(config_path(self.config_file))
+        return load_config(config_path(self.config_file, source=self.config_source))
 
     def resolve(self, *extra: dict[str, Any] | None, quiet: bool = False) -> ResolvedProfile:
         """The one resolved profile for this invocation; its warnings go to stderr once."""

@@ -9,19 +9,26 @@ from kas.profiles import KEYS, PROFILES
 
 
 def instance_ids(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[CompletionItem]:
-    """Ids from the registry, newest first; no database yet means nothing to offer."""
+    """Ids from the registry, newest first; no database yet, or an unusable one, means nothing to offer.
+
+    A completion must never print a traceback into the user's command line: the command itself reports
+    what is wrong with the state directory or the database when it runs.
+    """
+
     from kas.errors import KasError
     from kas.registry import DB_NAME, Registry
     from kas.statedir import state_dir
 
-    if not (state_dir() / DB_NAME).exists():
-        return []
     try:
-        registry = Registry()
+        if not (state_dir() / DB_NAME).exists():
+            return []
+        registry = Registry(timeout=0.5)
     except KasError:
         return []
     try:
         rows = registry.id_candidates(incomplete)
+    except KasError:
+        return []
     finally:
         registry.close()
     return [CompletionItem(inst_id, help=f"{name} ({status})") for inst_id, name, status in rows]

@@ -22,10 +22,10 @@ def instance() -> None:
     """List, inspect, read, stop and prune the agents kas started."""
 
 
-def _open() -> Registry:
+def _open(app: App) -> Registry:
     from kas.registry import Registry
 
-    return Registry()
+    return Registry(warn=app.out.warn)
 
 
 def _find(registry: Registry, inst_id: str) -> Instance:
@@ -63,7 +63,7 @@ def list_instances(app: App, show_all: bool, as_json: bool) -> None:
     from kas.status import FINISHED
 
     out = app.output(as_json)
-    registry = _open()
+    registry = _open(app)
     try:
         views = [refresh(registry, inst) for inst in registry.instances(include_finished=show_all)]
     finally:
@@ -110,7 +110,7 @@ def show(app: App, inst_id: str, as_json: bool) -> None:
     from kas.instances import refresh
 
     out = app.output(as_json)
-    registry = _open()
+    registry = _open(app)
     try:
         view = refresh(registry, _find(registry, inst_id))
     finally:
@@ -180,7 +180,7 @@ def logs(app: App, inst_id: str, follow: bool, lines: int | None) -> None:
     from kas.logs import LogFollower, tail_from_line
     from kas.status import ACTIVE
 
-    registry = _open()
+    registry = _open(app)
     try:
         inst = refresh(registry, _find(registry, inst_id), probe_tree=False).inst
     finally:
@@ -217,7 +217,7 @@ def stop(app: App, inst_ids: tuple[str, ...], grace: float, as_json: bool) -> No
     from kas.instances import stop as stop_instance
 
     out = app.output(as_json)
-    registry = _open()
+    registry = _open(app)
     try:
         targets = [_find(registry, inst_id) for inst_id in inst_ids]  # all ids valid before any stop
         views = [stop_instance(registry, inst, grace) for inst in targets]
@@ -248,7 +248,7 @@ def prune(app: App, older_than: float | None, keep_logs: bool, as_json: bool) ->
     from kas.instances import prune as prune_finished
 
     out = app.output(as_json)
-    registry = _open()
+    registry = _open(app)
     try:
         count, files = prune_finished(registry, older_than, keep_logs=keep_logs)
     finally:
