@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import psutil
 import pytest
 
 from kas import platform as host
 from tests.conftest import assert_user_error
+from tests.helpers import make_fifo, read_report
 
 
 def test_help_explains_every_command(kas) -> None:
@@ -106,19 +108,20 @@ def test_check_with_a_broken_config_fails(kas, write_config) -> None:
 
 
 @pytest.fixture
-def child_tree():  # type: ignore[no-untyped-def]
+def child_tree(tmp_path: Path):  # type: ignore[no-untyped-def]
     """Start real processes (each with a grandchild) and kill them afterwards."""
     procs: list[subprocess.Popen[bytes]] = []
 
     def start(prefix: list[str]) -> subprocess.Popen[bytes]:
-        code = "import subprocess,sys,time; subprocess.Popen([sys.executable,'-c','import time; time.sleep(30)']); time.sleep(30)"
+        """The process reports (through a FIFO) once its child exists, so the tree is complete when read."""
+        fifo = make_fifo(tmp_path / f"tree{len(procs)}.fifo")
+        code = (
+            "import json,subprocess,sys,time; c = subprocess.Popen([sys.executable,'-c','import time; time.sleep(30)']);"
+            f" open({str(fifo)!r}, 'w').write(json.dumps({{'child': c.pid}})); time.sleep(30)"
+        )
         proc = subprocess.Popen([*prefix, sys.executable, "-c", code])
         procs.append(proc)
-        parent = psutil.Process(proc.pid)
-        for _ in range(200):
-            if parent.children() and parent.exe().startswith(sys.executable[:5]):
-                break
-            psutil.wait_procs([parent], timeout=0.02)
+        assert read_report(fifo)["child"] in [c.pid for c in psutil.Process(proc.pid).children()]
         return proc
 
     yield start

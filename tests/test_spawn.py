@@ -106,7 +106,7 @@ def test_missing_nice_warns_once_and_still_launches(kas, interactive, tmp_path: 
     report = read_report(fifo)
     assert result.returncode == 0
     assert result.stderr.count("nice not found") == 1
-    assert psutil.Process(os.getpid()).nice() == 0
+    assert report["nice"] == 0  # the agent ran, without the wrapper that could not be found
     assert report["env"]["KASMOS_RESOURCE_PROFILE"] == "interactive"
 
 
