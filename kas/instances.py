@@ -168,6 +168,9 @@ def prune(
     waves = {(Path(i.log_path).parent, i.wave_run) for i in gone if i.wave_run and i.log_path}
     for folder, run in waves if not keep_logs else ():
         if folder.resolve().is_relative_to(root) and not registry.instances(wave_run=run):
+            from kas.waves.runs import RECORD
+
+            (folder / RECORD).unlink(missing_ok=True)  # nothing left of the run to resume
             with contextlib.suppress(OSError):
                 folder.rmdir()  # only when empty: a log the user added stays, and so does its folder
     return len(gone), files

@@ -7,7 +7,7 @@ import select
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -15,6 +15,10 @@ from kas.cli.app import App
 from kas.cli.complete import plan_files, set_keys
 from kas.cli.options import grace_option, json_option, mode_option, tmux_session_option, tmux_socket_option
 from kas.cli.output import Output, safe
+
+if TYPE_CHECKING:
+    from kas.waves.plan import Plan
+    from kas.waves.runs import RunRecord
 
 
 @click.group()
@@ -59,12 +63,29 @@ def _read_answer(out: Output, stream: Any, prompt: str) -> bool | None:
     return line.strip().lower() in ("", "y", "yes")
 
 
+@wave.command("example")
+def example() -> None:
+    """Print the bundled example plan (kas wave example > plan.toml).
+
+    It is the plan the README runs: two waves of small real tasks under the interactive profile.
+    """
+    from importlib.resources import files
+
+    click.echo(files("kas").joinpath("example_plan.toml").read_text(encoding="utf-8"), nl=False)
+
+
 @wave.command("run")
 @click.argument(
     "plan_file",
     metavar="PLAN.toml",
+    required=False,
     type=click.Path(dir_okay=False, path_type=Path),
     shell_complete=plan_files,
+)
+@click.option(
+    "--resume",
+    metavar="RUN_ID",
+    help="Run again what did not succeed in an earlier run: same plan, same settings, same mode.",
 )
 @click.option(
     "--set",
@@ -92,7 +113,8 @@ def _read_answer(out: Output, stream: Any, prompt: str) -> bool | None:
 @click.pass_obj
 def run(
     app: App,
-    plan_file: Path,
+    plan_file: Path | None,
+    resume: str | None,
     sets: tuple[str, ...],
     max_parallel: int | None,
     mode: str | None,
@@ -119,27 +141,54 @@ def run(
     from kas.cli.waveview import View, summary
     from kas.launch.modes import choose_mode
     from kas.profiles import parse_sets
+    from kas.resolver import merge_tables, resolve
     from kas.waves.plan import load_plan
     from kas.waves.runner import NO_TERMINAL, RunOptions, WaveRunner
+    from kas.waves.runs import RunRecord
 
     out = app.output(as_json)
-    plan = load_plan(plan_file)
-    overrides = parse_sets(sets)
-    if max_parallel is not None:
-        overrides["max_parallel_wave_tasks"] = max_parallel
-    resolved = app.resolve(plan.resources, overrides, quiet=True)
-    chosen = choose_mode(mode, plan.mode, resolved.settings.execution_mode)
+    skipped: list[str] = []
+    if resume:
+        if plan_file or sets or max_parallel is not None or mode:
+            raise click.UsageError(
+                "--resume runs the same plan with the same settings: drop PLAN.toml, --set, -j and --mode"
+            )
+        plan, record, skipped = _resumed(resume)
+        table, chosen, fail_fast = record.resources, record.mode, fail_fast or record.fail_fast
+        resolved = resolve(table)
+        if not as_json:
+            out.line(
+                f"resuming run {resume}: skipping {', '.join(map(safe, skipped)) or 'nothing'} (succeeded)"
+            )
+    elif plan_file is None:
+        raise click.UsageError("give a plan file (kas wave run PLAN.toml) or --resume RUN_ID")
+    else:
+        plan = load_plan(plan_file)
+        overrides = parse_sets(sets)
+        if max_parallel is not None:
+            overrides["max_parallel_wave_tasks"] = max_parallel
+        resolved = app.resolve(plan.resources, overrides, quiet=True)
+        table = merge_tables(app.config.resources, plan.resources, overrides)
+        chosen = choose_mode(mode, plan.mode, resolved.settings.execution_mode)
+    if not plan.waves:
+        out.line(f"nothing to run: every task of run {resume} succeeded")
+        return
     view = View(out, live=_isatty(sys.stdout) and os.environ.get("TERM") != "dumb")
     options = RunOptions(chosen, fail_fast, show_output, tmux_socket, tmux_session, grace)
     runner = WaveRunner(plan, resolved, options, view.event, confirm_next(out, yes), view.output)
+    before = tuple(skipped) if resume else ()
+    RunRecord(runner.result.run_id, str(plan.path.resolve()), table, chosen, fail_fast, before).save(
+        runner.log_dir
+    )
     view.runner = runner
     if view.live:
         view.start_ticker()
     if not as_json:
         cap = resolved.settings.max_parallel_wave_tasks or "unlimited"
         count = plan.task_count
-        out.line(f"plan {safe(plan.name)}: {count} task{'s' if count != 1 else ''} in {len(plan.waves)} "
-                 f"wave(s), profile {resolved.name}, at most {cap} at once, mode {chosen}")  # fmt: skip
+        tasks = f"{count} task{'s' if count != 1 else ''} in {len(plan.waves)} wave(s)"
+        out.line(f"run {runner.result.run_id}: plan {safe(plan.name)}, {tasks}, profile {resolved.name}, "
+                 f"at most {cap} at once, mode {chosen}")  # fmt: skip
     result = runner.run()
     view.stopped.set()
     if not as_json:
@@ -150,7 +199,25 @@ def run(
                      "terminal; rerun with --yes", err=True)  # fmt: skip
         else:
             out.line(f"stopped before wave {result.stopped_before}", err=as_json)
+    if result.exit_code in (1, 130) or result.stopped_before is not None:
+        out.line(f"to run again what did not succeed: kas wave run --resume {result.run_id}", err=as_json)
     sys.exit(result.exit_code)
+
+
+def _resumed(run_id: str) -> tuple[Plan, RunRecord, list[str]]:
+    """The plan of an earlier run less what succeeded in it, with that run's settings and mode."""
+    from kas.registry import Registry
+    from kas.waves.plan import load_plan
+    from kas.waves.runs import load_record, remaining
+
+    record = load_record(run_id)
+    plan = load_plan(Path(record.plan))
+    registry = Registry()
+    try:
+        rest, skipped = remaining(plan, record, registry)
+    finally:
+        registry.close()
+    return rest, record, skipped
 
 
 def _isatty(stream: Any) -> bool:

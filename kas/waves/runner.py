@@ -38,6 +38,7 @@ from kas.status import (
     PENDING,
     RUNNING,
     STOPPED,
+    TIMED_OUT,
     label,
     succeeded,
 )
@@ -75,6 +76,7 @@ class TaskRun:
     reason: str | None = None
     prepared: Prepared | None = None
     handle: Handle | None = None
+    timed_out: threading.Event = field(default_factory=threading.Event)
 
     @property
     def elapsed(self) -> float:
@@ -270,10 +272,14 @@ class WaveRunner:
     def _finished(self, task_id: str, status: int | None) -> None:
         run = self.runs[task_id]
         run.exit_status = status
-        run.state = EXITED if status is not None else LOST
-        if status is None:
-            run.reason = "exit status unknown"
-        run.ended = lifecycle.mark_exited(self.registry, run.inst_id, status)
+        if run.timed_out.is_set():
+            run.state, run.reason = TIMED_OUT, f"timed out after {run.task.timeout:g}s"
+            run.ended = lifecycle.mark_ended(self.registry, run.inst_id, TIMED_OUT, status)
+        else:
+            run.state = EXITED if status is not None else LOST
+            if status is None:
+                run.reason = "exit status unknown"
+            run.ended = lifecycle.mark_exited(self.registry, run.inst_id, status)
         self._emit_finished(run)
         if not run.ok and self.options.fail_fast:
             self._cancel(self.scheduler.stop_promoting())
@@ -369,13 +375,29 @@ class WaveRunner:
         problem = lower_group(handle.pid, self.autogroup_nice)
         if problem:
             self.events.put(("warning", problem, None))
+        run = self.runs[task_id]
+        done = threading.Event()
+        if run.task.timeout:
+            threading.Thread(target=self._expire, args=(run, done), daemon=True).start()
         try:
             status = handle.wait()
         except Exception:  # the waiter must always report, or the wave would never end
             status = None
+        done.set()
         if follower is not None:
             follower.stop()
         self.events.put(("finished", task_id, status))
+
+    def _expire(self, run: TaskRun, done: threading.Event) -> None:
+        """A task past its timeout is stopped as an interrupted one is: its whole group, TERM then KILL."""
+        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        assert run.task.timeout is not None and run.handle is not None
+        if done.wait(run.task.timeout):
+            return
+        run.timed_out.set()
+        run.handle.signal(signal.SIGTERM)
+        if not done.wait(self.grace):
+            run.handle.signal(signal.SIGKILL)
 
     # -- interrupt --------------------------------------------------------------------------------------
     def _next_event(self, timeout: float | None = None) -> tuple[str, str, int | None]:
