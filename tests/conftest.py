@@ -94,6 +94,8 @@ def assert_user_error(result, *fragments: str, code: int = 2) -> None:  # type: 
 
 
 PYTHON = sys.executable
-# Resolved once, so tests that hide tools from PATH can still run kas itself.
-KAS = shutil.which("kas") or str(Path(sys.executable).with_name("kas"))
+# The kas installed beside the Python running the tests (a venv's own, not another one on PATH); resolved
+# once, so tests that hide tools from PATH can still run kas itself.
+_BESIDE = Path(sys.executable).with_name("kas")
+KAS = str(_BESIDE) if _BESIDE.exists() else shutil.which("kas") or "kas"
 os.environ.setdefault("PYTHONDONTWRITEBYTECODE", "1")
