@@ -139,6 +139,7 @@ class Agents:
                 Path.cwd(),
                 prepared.full_env(os.environ),
                 autogroup_nice=nice,
+                dies_with_caller=True,  # a killed bench must not leave CPU burners behind
             )
             handle = self.launcher.start(spec)
             self.handles.append(handle)
@@ -164,7 +165,7 @@ class Agents:
         for handle in self.handles:
             handle.signal(signal.SIGKILL)
         for handle in self.handles:
-            handle.wait()
+            handle.stop(0.0)  # bounded: waits a moment for the end the SIGKILL above brings
             for path in handle.discard():
                 path.unlink(missing_ok=True)
         self.launcher.release()

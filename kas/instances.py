@@ -24,6 +24,7 @@ from kas.status import (
     EXITED,
     FINISHED,
     LOST,
+    ORPHANED,
     PENDING,
     RUNNING,
     STARTING,
@@ -83,7 +84,8 @@ def refresh(registry: Registry, inst: Instance, *, probe_tree: bool = True) -> L
             return LiveView(latest, latest.status)
         return settle(registry, inst, poll.exit_status)
     procs = probe.process_tree(inst.pid, inst.pid_create_time) if (probe_tree and inst.pid) else []
-    return LiveView(inst, RUNNING, procs)
+    orphaned = inst.owner_pid and not probe.is_alive(inst.owner_pid, inst.owner_create_time)
+    return LiveView(inst, ORPHANED if orphaned else RUNNING, procs)
 
 
 def settle(registry: Registry, inst: Instance, status: int | None) -> LiveView:
@@ -108,7 +110,7 @@ def stop(registry: Registry, inst: Instance, grace: float = 5.0) -> LiveView:
     if inst.status == PENDING:
         return cancel(registry, inst)
     view = refresh(registry, inst, probe_tree=False)
-    if view.status != RUNNING:
+    if view.status not in (RUNNING, ORPHANED):
         return view
     status = handle(inst).stop(grace)
     latest = registry.get(inst.id)

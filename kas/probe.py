@@ -91,16 +91,20 @@ def process_tree(pid: int, create_time: float | None = None) -> list[ProcFacts]:
 
 
 def is_alive(pid: int | None, create_time: float | None) -> bool:
-    """True only for the very process kas started: a recycled pid has another start time."""
+    """True only for the very process kas started: a recycled pid has another start time.
+
+    Without a recorded start time the process's identity cannot be proven, so it is never taken for the
+    agent: kas would rather call an agent lost than signal a stranger that got its pid.
+    """
     import psutil
 
-    if not pid:
+    if not pid or create_time is None:
         return False
     try:
         proc = psutil.Process(pid)
         if proc.status() == psutil.STATUS_ZOMBIE:
             return False
-        return create_time is None or abs(proc.create_time() - create_time) <= 0.05
+        return abs(proc.create_time() - create_time) <= 0.05
     except psutil.Error:
         return False
 

@@ -390,7 +390,12 @@ class Registry:
             conn.execute(f"UPDATE instances SET {assignments} WHERE id = ?", [*values.values(), inst_id])
 
     def get(self, inst_id: str) -> Instance | None:
-        """Find by id, or by a unique id prefix or name, as typed; an unreadable row is an error."""
+        """Find by id, or by a unique id prefix or name, as typed; an unreadable row is an error.
+
+        An empty (or blank) id matches nothing: as a prefix it would match every row.
+        """
+        if not inst_id.strip():
+            return None
         with self._errors():
             row = self._retry(
                 lambda: self.conn.execute("SELECT * FROM instances WHERE id = ?", (inst_id,)).fetchone()

@@ -34,11 +34,17 @@ def rows(kas) -> dict[str, dict]:  # type: ignore[no-untyped-def]
     return {r["task_id"]: r for r in json.loads(kas("instance", "list", "--all", "--json").stdout)}
 
 
-def test_a_task_past_its_timeout_is_stopped_with_its_group_and_reported(kas, project: Path, tmp_path: Path) -> None:
+def test_a_task_past_its_timeout_is_stopped_with_its_group_and_reported(
+    kas, project: Path, tmp_path: Path
+) -> None:
     # The second task ignores SIGTERM, so only SIGKILL after --grace ends it; both leave a grandchild.
     pidfile = tmp_path / "pids"
     stubborn = f"import signal, subprocess, sys, time; signal.signal(15, signal.SIG_IGN); c = subprocess.Popen([sys.executable, '-c', 'import signal,time; signal.signal(15, signal.SIG_IGN); time.sleep(60)']); open({str(pidfile)!r}, 'a').write(f'{{c.pid}}\\n'); time.sleep(60)"
-    body = "[defaults]\ntimeout = 0.5\n[[waves]]\n" + task("sleepy", ["sleep", "60"]) + task("stubborn", py(stubborn), "timeout = 1")
+    body = (
+        "[defaults]\ntimeout = 0.5\n[[waves]]\n"
+        + task("sleepy", ["sleep", "60"])
+        + task("stubborn", py(stubborn), "timeout = 1")
+    )
     body += task("quick", ["true"])
     started = time.monotonic()
     result = kas("wave", "run", "--yes", "--grace", "0.5", str(plan(project, body)))
@@ -58,7 +64,13 @@ def test_resume_runs_again_only_what_did_not_succeed_with_the_same_settings(
     marker = project / "fixed"
     flaky = f"import os, sys; sys.exit(0 if os.path.exists({str(marker)!r}) else 3)"
     count = "import os; open('count', 'a').write(os.environ['KASMOS_RESOURCE_PROFILE'] + '\\n')"
-    body = "[[waves]]\n" + task("ok", py(count)) + task("flaky", py(flaky)) + "[[waves]]\n" + task("later", py(count))
+    body = (
+        "[[waves]]\n"
+        + task("ok", py(count))
+        + task("flaky", py(flaky))
+        + "[[waves]]\n"
+        + task("later", py(count))
+    )
     path = plan(project, body)
     write_config('[resources]\nprofile = "interactive"\n')
     first = kas("wave", "run", "--yes", "--fail-fast", str(path))
@@ -71,7 +83,10 @@ def test_resume_runs_again_only_what_did_not_succeed_with_the_same_settings(
     second = kas("wave", "run", "--yes", "--resume", run_id)
     assert second.returncode == 0, second.stderr
     assert f"resuming run {run_id}: skipping ok (succeeded)" in second.stdout
-    assert (project / "count").read_text().splitlines() == ["interactive", "interactive"]  # ok once, later once
+    assert (project / "count").read_text().splitlines() == [
+        "interactive",
+        "interactive",
+    ]  # ok once, later once
     third = kas("wave", "run", "--yes", "--resume", second.stdout.split("\nrun ")[1].split(":")[0])
     assert third.returncode == 0 and "nothing to run" in third.stdout
 
@@ -90,7 +105,9 @@ def test_exit_codes_follow_the_readme(project: Path, args: list[str], code: int,
     body = "[[waves]]\n" + task("a", ["true"]) + "[[waves]]\n" + task("b", ["true"])
     path = plan(project, body)
     kwargs: dict[str, object] = {"input": stdin} if isinstance(stdin, str) else {"stdin": stdin}
-    result = subprocess.run([KAS, "wave", "run", *args, str(path)], cwd=project, capture_output=True, text=True, **kwargs)
+    result = subprocess.run(
+        [KAS, "wave", "run", *args, str(path)], cwd=project, capture_output=True, text=True, **kwargs
+    )
     assert result.returncode == code, result.stderr
     assert "Traceback" not in result.stderr
     if stdin is subprocess.DEVNULL:
@@ -99,7 +116,9 @@ def test_exit_codes_follow_the_readme(project: Path, args: list[str], code: int,
 
 
 def test_a_failed_task_exits_1_and_an_interrupted_run_130(kas, project: Path) -> None:
-    assert kas("wave", "run", "--yes", str(plan(project, "[[waves]]\n" + task("f", ["false"])))).returncode == 1
+    assert (
+        kas("wave", "run", "--yes", str(plan(project, "[[waves]]\n" + task("f", ["false"])))).returncode == 1
+    )
     proc = subprocess.Popen([KAS, "wave", "run", "--yes", "--json", str(plan(project, "[[waves]]\n" + task("s", ["sleep", "30"])))],
                             cwd=project, stdout=subprocess.PIPE, text=True)  # fmt: skip
     assert proc.stdout is not None
@@ -144,5 +163,7 @@ def test_status_colours_on_a_terminal_only_and_never_with_no_color(project: Path
 
     assert "\x1b[32mexited 0" in screen({})
     assert "\x1b[32m" not in screen({"NO_COLOR": "1"})
-    piped = subprocess.run([KAS, "wave", "run", "--yes", str(path)], cwd=project, capture_output=True, text=True)
+    piped = subprocess.run(
+        [KAS, "wave", "run", "--yes", str(path)], cwd=project, capture_output=True, text=True
+    )
     assert "\x1b[" not in piped.stdout

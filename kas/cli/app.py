@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import sys
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
@@ -64,11 +67,25 @@ class KasGroup(click.Group):
         return super().main(*args, **kwargs)
 
     def invoke(self, ctx: click.Context) -> Any:
+        # Output that the terminal's encoding cannot show is replaced, never fatal (a task printing a
+        # check mark under PYTHONIOENCODING=latin-1 must not kill the thread that echoes it).
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(AttributeError, ValueError):
+                stream.reconfigure(errors="replace")  # type: ignore[union-attr]
+        if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+            signal.signal(signal.SIGTERM, _interrupt)  # commands that run agents install their own
         try:
             return super().invoke(ctx)
         except KasError as exc:
             click.echo(f"kas: error: {exc}", err=True)
             ctx.exit(exc.exit_code)
         except KeyboardInterrupt:
-            click.echo("kas: interrupted", err=True)
+            app = ctx.obj
+            if not (isinstance(app, App) and app.out.closed):
+                with contextlib.suppress(OSError):
+                    click.echo("kas: interrupted", err=True)
             ctx.exit(130)
+
+
+def _interrupt(_signum: int, _frame: Any) -> None:
+    raise KeyboardInterrupt

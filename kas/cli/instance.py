@@ -165,7 +165,7 @@ def _when(stamp: float | None) -> str:
 @instance.command("logs")
 @click.argument("inst_id", metavar="ID", shell_complete=instance_ids)
 @click.option("-f", "--follow", is_flag=True, help="Keep printing as the agent writes, until it ends.")
-@click.option("-n", "--lines", type=click.IntRange(min=0), help="Only the last N lines.")
+@click.option("-n", "--lines", type=click.IntRange(0, 10_000_000), help="Only the last N lines.")
 @click.pass_obj
 def logs(app: App, inst_id: str, follow: bool, lines: int | None) -> None:
     """Print the output of a detached agent, a tmux agent or a wave task.
@@ -173,7 +173,6 @@ def logs(app: App, inst_id: str, follow: bool, lines: int | None) -> None:
     With --follow on a running agent, the output is printed as it comes until the agent ends (or
     Ctrl-C); `tail -f` watches the file, so kas polls nothing.
     """
-    import sys
     from pathlib import Path
 
     from kas.instances import refresh, wait_for_end
@@ -190,13 +189,9 @@ def logs(app: App, inst_id: str, follow: bool, lines: int | None) -> None:
     path = Path(inst.log_path)
     if not path.is_file():
         raise KasError(f"{path}: the log of instance {inst.id} is gone (`kas instance prune` removes logs)")
-    out = sys.stdout.buffer
-
-    def emit(raw: bytes) -> None:
-        out.write(raw)
-        out.flush()
-
-    follower = LogFollower(path, emit, tail_from_line(path, lines), live=follow and inst.status in ACTIVE)
+    follower = LogFollower(
+        path, app.out.raw, tail_from_line(path, lines), live=follow and inst.status in ACTIVE
+    )
     try:
         if follower.live:
             wait_for_end(inst)

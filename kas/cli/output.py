@@ -8,9 +8,12 @@ terminal.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import re
+import signal
 import sys
 import threading
 from collections.abc import Iterable, Sequence
@@ -31,6 +34,7 @@ COLOURS = {
     "stopped": "magenta",
     "lost": "red",
     "unknown": "red",
+    "orphaned": "red",
 }
 
 
@@ -53,12 +57,52 @@ def colour_for(label: str) -> str | None:
 
 
 class Output:
-    """Where a command's output goes: text for people, JSON for scripts, and one stderr for the rest."""
+    """Where a command's output goes: text for people, JSON for scripts, and one stderr for the rest.
+
+    A reader that goes away (``kas wave run | head -3``) is not a crash: the first failed write says so on
+    stderr, sends this process SIGTERM (so a running wave stops its tasks and records them, as it would
+    for a kill) and drops whatever is written after it.
+    """
 
     def __init__(self, as_json: bool = False) -> None:
         self.as_json = as_json
         self.lock = threading.RLock()  # worker threads (live output) and the main thread share stdout
         self._warned: set[str] = set()
+        self.closed = False
+
+    def _write(self, text: str, err: bool = False, nl: bool = True) -> None:
+        if self.closed and not err:
+            return
+        try:
+            click.echo(text, err=err, nl=nl)
+        except BrokenPipeError:
+            self._reader_gone(err)
+        except OSError as exc:
+            if exc.errno != errno.EPIPE:
+                raise
+            self._reader_gone(err)
+
+    def raw(self, data: bytes) -> None:
+        """Bytes as they are (an agent's log), for a reader who wants them unchanged."""
+        with self.lock:
+            if self.closed:
+                return
+            try:
+                sys.stdout.buffer.write(data)
+                sys.stdout.buffer.flush()
+            except (BrokenPipeError, ValueError):
+                self._reader_gone(False)
+
+    def _reader_gone(self, err: bool) -> None:
+        if err:
+            return  # stderr gone too: nobody is left to tell
+        self.closed = True
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so the interpreter's last flush cannot fail again
+        os.close(devnull)
+        with contextlib.suppress(OSError, ValueError):
+            click.echo("kas: standard output was closed; stopping", err=True)
+        os.kill(os.getpid(), signal.SIGTERM)
 
     @property
     def colour(self) -> bool:
@@ -67,7 +111,7 @@ class Output:
 
     def line(self, text: str = "", *, err: bool = False) -> None:
         with self.lock:
-            click.echo(text, err=err)
+            self._write(text, err=err)
 
     def status(self, label: str, width: int = 0) -> str:
         """A status label, coloured on a terminal."""
@@ -77,16 +121,16 @@ class Output:
 
     def json(self, data: Any) -> None:
         with self.lock:
-            click.echo(json.dumps(data, indent=2, default=str))
+            self._write(json.dumps(data, indent=2, default=str))
 
     def json_line(self, data: Any) -> None:
         """One JSON document on one line (event streams)."""
         with self.lock:
-            click.echo(json.dumps(data, default=str))
+            self._write(json.dumps(data, default=str))
 
     def table(self, rows: Iterable[Sequence[Any]], headers: Sequence[str]) -> None:
         with self.lock:
-            click.echo(render_table(rows, headers))
+            self._write(render_table(rows, headers))
 
     def warn(self, message: str) -> None:
         """One line on stderr, once per message per command; ``note:``/``warning:`` prefixes kept."""

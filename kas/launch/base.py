@@ -33,6 +33,8 @@ class LaunchSpec:
     env: Mapping[str, str]
     log: Path | None = None  # None: output is discarded (sdk) or only on the pane (tmux)
     autogroup_nice: int = 0  # 0: leave the agent's session group alone
+    # Killed when the kas process that started it dies, however it dies (the bench's stand-in agents).
+    dies_with_caller: bool = False
 
 
 @dataclass(frozen=True)

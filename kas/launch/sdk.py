@@ -18,7 +18,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 from kas import lifecycle
 from kas import platform as host
-from kas.errors import LaunchError
+from kas.errors import KasError, LaunchError
 from kas.launch.base import LaunchSpec, Poll, SpawnOutcome
 from kas.launch.groups import STOP_SIGNALS, exit_code, signal_group, stop_group
 from kas.launch.session import lower_group
@@ -37,14 +37,18 @@ def popen(
     stdout: IO[Any] | int | None = None,
     stderr: IO[Any] | int | None = None,
     terminal: int | None = None,
+    dies_with_parent: bool = False,
 ) -> subprocess.Popen[bytes]:
     """Start argv as a new session leader (or, with ``terminal``, as that terminal's foreground group).
 
+    With ``dies_with_parent`` (Linux) the kernel kills it when this process dies, even by SIGKILL.
     A command that cannot start is a ``LaunchError``.
     """
     placement: dict[str, Any] = (
         {"start_new_session": True} if terminal is None else {"preexec_fn": _take_terminal(terminal)}
     )
+    if dies_with_parent and terminal is None and sys.platform.startswith("linux"):
+        placement["preexec_fn"] = _die_with_parent
     try:
         proc = subprocess.Popen(
             list(argv), env=dict(env), cwd=cwd, stdin=stdin, stdout=stdout, stderr=stderr, **placement
@@ -82,6 +86,15 @@ def _take_terminal(fd: int) -> Any:
         signal.signal(signal.SIGTTOU, previous)
 
     return setup
+
+
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec; survives the exec
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def reclaim_terminal(fd: int) -> None:
@@ -152,7 +165,14 @@ class SdkLauncher:
         target = os.open(spec.log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600) if spec.log else None
         out = subprocess.DEVNULL if target is None else target
         try:
-            proc = popen(spec.prepared.argv, spec.env, spec.cwd, stdout=out, stderr=out)
+            proc = popen(
+                spec.prepared.argv,
+                spec.env,
+                spec.cwd,
+                stdout=out,
+                stderr=out,
+                dies_with_parent=spec.dies_with_caller,
+            )
         finally:
             if target is not None:
                 os.close(target)
@@ -208,7 +228,12 @@ class SdkLauncher:
             outcome = SpawnOutcome(SdkHandle(proc.pid, proc=proc))
             problem = lower_group(proc.pid, spec.autogroup_nice)
             outcome.warnings += [problem] if problem else []
-            lifecycle.mark_running(registry, spec.inst_id, proc.pid)
+            try:
+                lifecycle.mark_running(registry, spec.inst_id, proc.pid)
+            except KasError:
+                stop_group(proc.pid, 2.0)  # an agent kas cannot record is not left running
+                proc.wait()
+                raise
             status = exit_code(proc.wait())
             if stopped:  # what the agent left of its group (a shell's background job) goes with it
                 stop_group(proc.pid, 2.0)

@@ -12,16 +12,18 @@ Two forms, one job:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
-from kas.errors import LaunchError
-from kas.launch.groups import exit_code, signal_group
+from kas.errors import KasError, LaunchError
+from kas.launch.groups import exit_code, signal_group, stop_group
 from kas.launch.sdk import popen
 
 
@@ -30,18 +32,29 @@ def detached() -> int:
     from kas.registry import Registry
 
     spec = json.load(sys.stdin)
-    registry = Registry(Path(spec["db"]))
+    try:
+        registry = Registry(Path(spec["db"]))
+    except KasError as exc:
+        print(f"error {exc}", flush=True)
+        return 2
     fd = os.open(spec["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     try:
         proc = popen(spec["argv"], spec["env"], Path(spec["cwd"]), stdout=fd, stderr=fd)
     except LaunchError as exc:
-        lifecycle.mark_failed(registry, spec["id"], log_path=spec["log"])
+        with contextlib.suppress(KasError):
+            lifecycle.mark_failed(registry, spec["id"], log_path=spec["log"])
         os.write(fd, f"kas: {exc}\n".encode())
         print(f"error {exc}", flush=True)
         return 2
     finally:
         os.close(fd)
-    lifecycle.mark_running(registry, spec["id"], proc.pid, log_path=spec["log"])
+    try:
+        lifecycle.mark_running(registry, spec["id"], proc.pid, log_path=spec["log"])
+    except KasError as exc:
+        stop_group(proc.pid, 2.0)  # an agent kas cannot record is not left running
+        proc.wait()
+        print(f"error {exc}", flush=True)
+        return 2
     print(f"pid {proc.pid}", flush=True)
     sys.stdout.close()
     sys.stderr.close()
@@ -49,8 +62,12 @@ def detached() -> int:
     os.close(2)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     status = exit_code(proc.wait())
-    lifecycle.mark_exited(registry, spec["id"], status)
-    return 0
+    for pause in (0.0, 1.0, 5.0, 30.0):  # nobody is left to tell: try again before giving up on the row
+        time.sleep(pause)
+        with contextlib.suppress(KasError):
+            lifecycle.mark_exited(registry, spec["id"], status)
+            return 0
+    return 1
 
 
 def pane(spec_file: Path) -> int:
@@ -70,6 +87,8 @@ def pane(spec_file: Path) -> int:
 
     for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, forward)
+    if spec.get("owner"):
+        _die_with(spec["owner"], proc.pid)
     _say(spec["ready"], {"pid": proc.pid}, tmux, spec["ready_channel"])
     status = exit_code(proc.wait())
     _write(spec["status"], str(status))
@@ -79,6 +98,24 @@ def pane(spec_file: Path) -> int:
         subprocess.run([*tmux, "pipe-pane", "-t", pane_id], stdout=quiet, stderr=quiet, check=False)
     subprocess.run([*tmux, "wait-for", "-S", spec["done_channel"]], stdout=quiet, stderr=quiet, check=False)
     return status
+
+
+def _die_with(owner: int, agent: int) -> None:
+    """Kill the agent's group when the kas process ``owner`` ends, however it ends (a pidfd wakes us)."""
+    import select
+    import threading
+
+    try:
+        fd = os.pidfd_open(owner)
+    except (AttributeError, OSError):
+        signal_group(agent, signal.SIGKILL)  # the owner is already gone
+        return
+
+    def watch() -> None:
+        select.select([fd], [], [])
+        signal_group(agent, signal.SIGKILL)
+
+    threading.Thread(target=watch, daemon=True).start()
 
 
 def _write(path: str, text: str) -> None:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kas.errors import LaunchError
+from kas.errors import KasError, LaunchError
 from kas.launch.base import LaunchSpec, Poll, SpawnOutcome
 from kas.launch.groups import signal_group
 from kas.statedir import private_dir, state_dir
@@ -262,6 +262,7 @@ class TmuxLauncher:
                 "done_channel": channel(spec.inst_id),
                 "ready_channel": channel(spec.inst_id, "ready"),
                 "tmux": tmux_argv(self.socket),
+                "owner": os.getpid() if spec.dies_with_caller else None,
             },
         )
         server = _server(self.socket)
@@ -298,7 +299,9 @@ class TmuxLauncher:
             spec_file.unlink(missing_ok=True)
             raise LaunchError(f"tmux: {exc}") from None
         pid = self._await_ready(pane_id, spec, ready)
-        return TmuxHandle(self.socket, spec.inst_id, pane_id, pid)
+        from kas.probe import create_time
+
+        return TmuxHandle(self.socket, spec.inst_id, pane_id, pid, create_time(pid))
 
     def _await_ready(self, pane_id: str, spec: LaunchSpec, ready: Path) -> int:
         """The runner says it started the agent (or could not) through a file and a channel."""
@@ -329,7 +332,11 @@ class TmuxLauncher:
         except LaunchError:
             lifecycle.mark_failed(registry, spec.inst_id)
             raise
-        lifecycle.mark_running(registry, spec.inst_id, handle.pid, tmux_target=handle.target)
+        try:
+            lifecycle.mark_running(registry, spec.inst_id, handle.pid, tmux_target=handle.target)
+        except KasError:
+            handle.stop(2.0)  # an agent kas cannot record is not left running
+            raise
         return SpawnOutcome(handle)
 
     def attach(self, inst: Instance) -> TmuxHandle:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from kas import lifecycle
-from kas.errors import LaunchError
+from kas.errors import LaunchError, RegistryError
 from kas.launch.base import Handle, LaunchSpec
 from kas.launch.groups import MAX_GRACE, STOP_SIGNALS
 from kas.launch.modes import launcher_for
@@ -152,6 +152,7 @@ class WaveRunner:
         self.owner = (os.getpid(), create_time(os.getpid()))
         self._waiting = False
         self._interrupt = False
+        self.registry_broken = False
 
     # -- events -----------------------------------------------------------------------------------------
     def emit(self, event: str, **data: Any) -> None:
@@ -191,7 +192,16 @@ class WaveRunner:
         self.warn(self.resolved.warnings)
         try:
             with self.events:
-                self._run_waves(cap)
+                try:
+                    self._run_waves(cap)
+                except RegistryError as exc:
+                    # The registry cannot be written (locked past its timeout, disk full): stop every
+                    # task rather than leave it running unrecorded; rows left 'running' are settled by
+                    # the next `kas instance list` that can read them.
+                    self.registry_broken = True
+                    self.emit("warning", message=f"stopping every task: {exc}")
+                    self._shutdown()
+                    raise
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
@@ -223,6 +233,12 @@ class WaveRunner:
                     break
         except Interrupted:
             self._shutdown()
+
+    def _mark(self, change: Callable[..., Any], *args: Any, **values: Any) -> Any:
+        """A registry state change, skipped once the registry is known to be unusable."""
+        if self.registry_broken:
+            return time.time()
+        return change(self.registry, *args, **values)
 
     def _not_started(self) -> None:
         """Tasks of waves the run never reached appear in the summary too, as not started."""
@@ -274,12 +290,12 @@ class WaveRunner:
         run.exit_status = status
         if run.timed_out.is_set():
             run.state, run.reason = TIMED_OUT, f"timed out after {run.task.timeout:g}s"
-            run.ended = lifecycle.mark_ended(self.registry, run.inst_id, TIMED_OUT, status)
+            run.ended = self._mark(lifecycle.mark_ended, run.inst_id, TIMED_OUT, status)
         else:
             run.state = EXITED if status is not None else LOST
             if status is None:
                 run.reason = "exit status unknown"
-            run.ended = lifecycle.mark_exited(self.registry, run.inst_id, status)
+            run.ended = self._mark(lifecycle.mark_exited, run.inst_id, status)
         self._emit_finished(run)
         if not run.ok and self.options.fail_fast:
             self._cancel(self.scheduler.stop_promoting())
@@ -297,7 +313,7 @@ class WaveRunner:
                 self._launch(run)
             except LaunchError as exc:
                 run.state, run.reason = FAILED, str(exc)
-                run.ended = lifecycle.mark_failed(self.registry, run.inst_id)
+                run.ended = self._mark(lifecycle.mark_failed, run.inst_id)
                 run.started = run.started or run.ended
                 self.emit("task_failed", wave=run.wave, task=task_id, reason=str(exc))
                 if self.options.fail_fast:
@@ -307,7 +323,7 @@ class WaveRunner:
     def _cancel(self, task_ids: list[str]) -> None:
         for task_id in task_ids:
             run = self.runs[task_id]
-            run.state, run.ended = CANCELLED, lifecycle.mark_cancelled(self.registry, run.inst_id)
+            run.state, run.ended = CANCELLED, self._mark(lifecycle.mark_cancelled, run.inst_id)
             self.emit("task_cancelled", wave=run.wave, task=task_id)
 
     # -- launching --------------------------------------------------------------------------------------
@@ -346,11 +362,10 @@ class WaveRunner:
         ensure_command(task.argv, task.cwd, env)
         spec = LaunchSpec(run.inst_id, task.name, prepared, task.cwd, env, run.log, self.autogroup_nice)
         handle = run.handle = self.launcher.start(spec)
-        run.pid = handle.pid
+        run.pid, run.state, run.started = handle.pid, RUNNING, time.time()  # stopped on any error from here
         _, run.started = lifecycle.mark_running(
             self.registry, run.inst_id, run.pid, tmux_target=handle.target
         )
-        run.state = RUNNING
         self.emit("task_promoted", wave=run.wave, task=task.id, pid=run.pid, instance=run.inst_id)
         # Echoed from the log as it grows, after the task's start was reported, in every mode alike.
         follower = LogFollower(run.log, self._echo_to(task.id)) if self._streams else None
@@ -447,7 +462,7 @@ class WaveRunner:
         run = self.runs[task_id]
         run.exit_status = status
         run.state, run.reason = STOPPED, "interrupted"
-        run.ended = lifecycle.mark_ended(self.registry, run.inst_id, STOPPED, status)
+        run.ended = self._mark(lifecycle.mark_ended, run.inst_id, STOPPED, status)
         self._emit_finished(run)
 
     def _emit_finished(self, run: TaskRun) -> None:
