@@ -1,0 +1,213 @@
+"""kas used by a hostile or careless user: bad input, closed pipes, killed processes.
+
+Every case runs the real CLI and asserts: no traceback, the documented exit code, no canary file, and no
+process of the test left behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from kas.registry import Instance, Registry
+from tests.conftest import KAS
+from tests.helpers import make_fifo, read_report, still_running
+
+
+def kas_run(project: Path, *args: str, **kwargs: object) -> subprocess.CompletedProcess[str]:
+    kwargs.setdefault("capture_output", True)
+    return subprocess.run([KAS, *args], cwd=project, text=True, timeout=60, **kwargs)  # type: ignore[call-overload]
+
+
+def descendants() -> set[int]:
+    return {p.pid for p in psutil.Process().children(recursive=True)}
+
+
+CANARY = "canary"
+PLAN_OK = '[[waves]]\n[[waves.tasks]]\nid = "t"\ncommand = ["true"]\n'
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "says"),
+    [
+        (["check", "--pid", "-1"], 2, "--pid"),
+        (["check", "--pid", "0"], 2, "--pid"),
+        (["instance", "logs", "-n", "100000000000000000000", "x"], 2, "--lines"),
+        (["instance", "stop", ""], 2, "no instance ''"),
+        (["instance", "show", "   "], 2, "no instance"),
+        (["instance", "stop", "--grace", "inf", "x"], 2, "--grace"),
+        (["wave", "run", "--grace", "1e308", "plan.toml"], 2, "--grace"),
+        (["wave", "run", "--resume", "../../etc"], 2, "not a run id"),
+        (["wave", "run", "--resume", "abcdef"], 2, "no record of run abcdef"),
+        (["wave", "run", "--resume", "abcdef", "plan.toml"], 2, "--resume runs the same plan"),
+        (["wave", "run"], 2, "give a plan file"),
+        (["wave", "run", "--set", "nice=-5", "plan.toml"], 2, "only ever lowers priority"),
+        (["wave", "run", "--set", "ionice_class=realtime", "plan.toml"], 2, "realtime"),
+        (["wave", "run", "-j", "-1", "plan.toml"], 2, "-j"),
+        (["spawn", "--tmux-session", "a:b;touch canary", "--mode", "tmux", "--", "true"], 2, "session name"),
+        (["spawn", "--", f"./{CANARY}-missing"], 2, "command not found"),
+        (["spawn", "--cwd", "/nonexistent", "--", "true"], 2, "--cwd"),
+    ],
+)
+def test_hostile_input_is_one_line_and_the_documented_exit(
+    project: Path, args: list[str], code: int, says: str, request
+) -> None:
+    if "tmux" in args:
+        request.getfixturevalue("tmux_socket")
+    (project / "plan.toml").write_text(PLAN_OK)
+    registry = Registry()  # one row: an empty id or prefix would match it if kas let it
+    registry.insert(
+        Instance(id="feed01", name="only", mode="sdk", status="exited", cwd=str(project), argv=["true"],
+                 wrapped_argv=["true"], resource_profile="normal", settings={}, env={}, exit_status=0)
+    )  # fmt: skip
+    registry.close()
+    before = descendants()
+    result = kas_run(project, *args, stdin=subprocess.DEVNULL)
+    assert result.returncode == code, (result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr and "Traceback" not in result.stdout
+    assert says in result.stderr, result.stderr
+    assert not (project / CANARY).exists()
+    assert still_running(descendants() - before) == []
+
+
+def test_a_closed_stdout_stops_the_run_like_sigterm(project: Path, tmp_path: Path) -> None:
+    fifo = make_fifo(tmp_path / "r.fifo")
+    code = f"import json, os, time; open({str(fifo)!r}, 'w').write(json.dumps({{'pid': os.getpid()}})); time.sleep(60)"
+    gate = make_fifo(tmp_path / "gate.fifo")
+    # "gate" ends only when the test says so: after the reader is gone, so kas must write into a closed pipe.
+    gated = ["sh", "-c", 'read x < "$0"', str(gate)]
+    plan = (
+        f'[[waves]]\n[[waves.tasks]]\nid = "long"\ncommand = {json.dumps([sys.executable, "-c", code])}\n'
+        f'[[waves.tasks]]\nid = "gate"\ncommand = {json.dumps(gated)}\n'
+    )
+    (project / "plan.toml").write_text(plan)
+    reader, writer = os.pipe()
+    proc = subprocess.Popen([KAS, "wave", "run", "--yes", "plan.toml"], cwd=project, stdout=writer, stderr=subprocess.PIPE,
+                            stdin=subprocess.DEVNULL, text=True)  # fmt: skip
+    os.close(writer)
+    agent = read_report(fifo)["pid"]
+    os.close(reader)  # the reader goes away (as `| head` does) while a task runs
+    with open(gate, "w") as go:  # the next line kas writes (gate's end) fails
+        go.write("go\n")
+    try:
+        _, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert "standard output was closed" in err and "Traceback" not in err
+    assert still_running([agent]) == []
+    registry = Registry()
+    statuses = {i.task_id: i.status for i in registry.instances()}
+    registry.close()
+    assert statuses["long"] == "stopped"
+
+
+def test_logs_follow_into_a_closed_pipe_ends_at_once(kas, project: Path) -> None:
+    code = "import time\nfor i in range(600):\n    print('line', i, flush=True); time.sleep(0.05)"
+    row = json.loads(kas("spawn", "--detach", "--json", "--", sys.executable, "-c", code).stdout)
+    try:
+        started = time.monotonic()
+        result = subprocess.run(f"{KAS} instance logs -f {row['id']} | head -1", shell=True, cwd=project,
+                                capture_output=True, text=True, timeout=20)  # fmt: skip
+        assert time.monotonic() - started < 10  # not when the agent ends (30 s)
+        assert result.stdout.startswith("line") and "Traceback" not in result.stderr
+    finally:
+        kas("instance", "stop", "--grace", "0", row["id"])
+
+
+def test_output_that_the_terminal_encoding_cannot_show_never_stops_a_task(project: Path) -> None:
+    # More than a pipe buffer of a character latin-1 cannot encode (written as UTF-8 bytes by the task).
+    code = "import sys; sys.stdout.buffer.write('\\u2713 ok\\n'.encode() * 2000)"
+    (project / "plan.toml").write_text(
+        f'[[waves]]\n[[waves.tasks]]\nid = "t"\ncommand = {json.dumps([sys.executable, "-c", code])}\n'
+    )
+    env = {**os.environ, "PYTHONIOENCODING": "latin-1"}
+    result = kas_run(project, "wave", "run", "--yes", "--show-output", "plan.toml", env=env)
+    assert result.returncode == 0, result.stderr
+    assert "[t] ? ok" in result.stdout and "Traceback" not in result.stderr
+
+
+def test_wave_run_with_stdin_closed(project: Path) -> None:
+    (project / "plan.toml").write_text(PLAN_OK + PLAN_OK.replace('"t"', '"u"'))
+    result = subprocess.run(f"{KAS} wave run plan.toml <&-", shell=True, cwd=project, capture_output=True, text=True,
+                            timeout=60)  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert "needs confirmation" in result.stderr and "Traceback" not in result.stderr
+
+
+def ours(proc: psutil.Process) -> bool:
+    """A bench agent of this test (others may run benches too): its environment names our tmux socket."""
+    info = proc.info  # type: ignore[attr-defined]
+    own = (info["environ"] or {}).get("KAS_TMUX_SOCKET") == os.environ["KAS_TMUX_SOCKET"]
+    return own and (info["cmdline"] or [])[-1:] == ["while True: pass"]
+
+
+def test_a_killed_bench_leaves_no_agent(interactive, project: Path, request) -> None:
+    for mode in ("sdk", "tmux"):
+        if mode == "tmux":
+            request.getfixturevalue("tmux_socket")
+        proc = subprocess.Popen([KAS, "bench", "responsiveness", "--agents", "2", "--frames", "240", "--mode", mode],
+                                cwd=project, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
+        assert proc.stderr is not None
+        while "running: normal" not in proc.stderr.readline():
+            pass
+        burners: list[psutil.Process] = []
+        deadline = time.monotonic() + 10
+        while len(burners) < 2 and time.monotonic() < deadline:
+            burners = [p for p in psutil.process_iter(["cmdline", "environ"]) if ours(p)]
+            psutil.wait_procs([psutil.Process(proc.pid)], timeout=0.05)
+        assert len(burners) == 2, mode
+        proc.kill()  # SIGKILL: kas runs no cleanup at all
+        proc.wait()
+        assert still_running([p.pid for p in burners]) == [], mode
+
+
+def test_tasks_of_a_killed_wave_runner_show_as_orphaned_and_can_be_stopped(
+    kas, project: Path, tmp_path: Path
+) -> None:
+    fifo = make_fifo(tmp_path / "r.fifo")
+    code = f"import json, os, time; open({str(fifo)!r}, 'w').write(json.dumps({{'pid': os.getpid()}})); time.sleep(60)"
+    (project / "plan.toml").write_text(
+        f'[[waves]]\n[[waves.tasks]]\nid = "t"\ncommand = {json.dumps([sys.executable, "-c", code])}\n'
+    )
+    runner = subprocess.Popen(
+        [KAS, "wave", "run", "--yes", "plan.toml"], cwd=project, stdout=subprocess.DEVNULL
+    )
+    agent = read_report(fifo)["pid"]
+    runner.kill()
+    runner.wait()
+    try:
+        rows = json.loads(kas("instance", "list", "--json").stdout)
+        assert [r["status"] for r in rows] == ["orphaned"]
+        assert "orphaned" in kas("instance", "list").stdout
+        stopped = json.loads(kas("instance", "stop", "--json", "--grace", "1", rows[0]["id"]).stdout)
+        assert stopped[0]["status"] == "stopped"
+        assert still_running([agent]) == []
+    finally:
+        os.kill(agent, signal.SIGKILL) if psutil.pid_exists(agent) else None
+
+
+def test_a_row_without_a_proven_identity_is_never_signalled(kas, project: Path) -> None:
+    """A pid from the registry whose start time was never recorded may belong to anyone by now."""
+    innocent = subprocess.Popen(["sleep", "30"], start_new_session=True)
+    try:
+        registry = Registry()
+        registry.insert(
+            Instance(id="0abc12", name="old", mode="sdk", status="running", cwd=str(project), argv=["x"],
+                     wrapped_argv=["x"], resource_profile="normal", settings={}, env={}, pid=innocent.pid)
+        )  # fmt: skip
+        registry.close()
+        assert json.loads(kas("instance", "list", "--json").stdout) == []  # not shown as running
+        kas("instance", "stop", "0abc12")
+        assert innocent.poll() is None  # and never signalled
+    finally:
+        innocent.kill()
+        innocent.wait()
