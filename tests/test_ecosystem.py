@@ -44,6 +44,37 @@ def test_man_pages_render_cleanly() -> None:
         assert done.returncode == 0 and done.stderr == "", (page.name, done.stderr)
 
 
+def man_sections(page: Path) -> dict[str, str]:
+    """A man page's sections by heading (``.SH NAME`` -> its roff text)."""
+    sections: dict[str, str] = {}
+    heading = None
+    for line in page.read_text().splitlines():
+        if line.startswith(".SH "):
+            heading = line[4:].strip().strip('"')
+            sections[heading] = ""
+        elif heading is not None:
+            sections[heading] += line + "\n"
+    return sections
+
+
+def test_man_page_summaries_are_whole_sentences() -> None:
+    """NAME lines (what whatis and apropos show) and the command lists of groups are never cut off.
+
+    Click shortens a docstring's first line to 45 characters with "..." when a command has no short
+    help; click-man takes that for the NAME line.
+    """
+    pages = sorted((ROOT / "man").glob("*.1"))
+    assert len(pages) > 10
+    for page in pages:
+        sections = man_sections(page)
+        command, summary = sections["NAME"].strip().split(r" \- ", 1)
+        assert command == page.stem.replace("-", r"\-")
+        assert summary.endswith(".") and not summary.endswith("..."), (page.name, summary)
+        listed = [line.strip() for line in sections.get("COMMANDS", "").splitlines() if line.startswith("  ")]
+        for line in listed:
+            assert not line.endswith("..."), (page.name, line)
+
+
 def complete(kas, words: str, cwd: Path | None = None) -> list[str]:  # type: ignore[no-untyped-def]
     """Drive Click's bash completion protocol the way the shell does."""
     parts = words.split(" ")
