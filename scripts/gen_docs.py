@@ -3,8 +3,9 @@
     python scripts/gen_docs.py           write completions/ and man/
     python scripts/gen_docs.py --check   exit 1 (naming the files) if what is committed is stale
 
-Completions come from Click's own completion classes; man pages from click-man, fed every lazily
-loaded subcommand. A fixed date keeps the pages reproducible (bump it with the version).
+Completions come from kas's completion classes (kas.cli.complete); man pages from click-man, fed every
+lazily loaded subcommand, plus the sections click-man cannot know (ENVIRONMENT, FILES), written here
+in roff. A fixed date keeps the pages reproducible (bump it with the version).
 """
 
 from __future__ import annotations
@@ -17,6 +18,108 @@ import click
 
 ROOT = Path(__file__).resolve().parent.parent
 MAN_DATE = "2026-11-26"
+
+
+# What kas reads from the environment (grep os.environ / envvar= in kas/), in roff.
+ENVIRONMENT = {
+    "KASMOS_CONFIG": (
+        "The config file to use instead of the nearest\n.IR .kasmos/config.toml ;\n"
+        r"the same as \fB\-\-config\fP, which wins over it. A file named this way may belong to anyone, "
+        "but is refused if anyone could have changed it (world-writable, or in a world-writable "
+        "directory without the sticky bit)."
+    ),
+    "KAS_STATE_DIR": (
+        "The state directory (see FILES). It must be yours and writable only by you: kas creates it "
+        "mode 0700, and refuses one someone else owns or can write."
+    ),
+    "XDG_STATE_HOME": (
+        r"Without \fBKAS_STATE_DIR\fP, the state directory is \fI$XDG_STATE_HOME/kas\fP; without both, "
+        r"\fI~/.local/state/kas\fP."
+    ),
+    "KAS_TMUX_SOCKET": (
+        r"The tmux socket name (\fBtmux \-L\fP) of the server tmux-mode agents run on, instead of the "
+        r"default server; the same as \fB\-\-tmux\-socket\fP, which wins over it."
+    ),
+    "KAS_TMUX_SESSION": (
+        "The tmux session that holds the agents' windows (default: kas); the same as "
+        r"\fB\-\-tmux\-session\fP, which wins over it."
+    ),
+    "KAS_DB_BUSY_TIMEOUT": (
+        r"Seconds to wait for another process's lock on \fIinstances.db\fP before giving up with "
+        "exit status 1 (default: 30; 0 = do not wait). Anything but a number of seconds is an error."
+    ),
+    "NO_COLOR": (
+        "When set, to any value, kas prints no colours. Without it, colours are used only on a "
+        r"terminal, and never with \fB\-\-json\fP."
+    ),
+    "TERM": (
+        r"With \fBTERM=dumb\fP, \fBkas wave run\fP prints one line per event instead of redrawing its "
+        "task lines in place."
+    ),
+}
+
+# Where kas reads and writes, in roff; the state directory is shown at its default place.
+STATE = "~/.local/state/kas"
+FILES = {
+    ".kasmos/config.toml": (
+        "The config. kas looks for it in the current directory, then in each parent in turn (as git "
+        "finds .git); the nearest wins. A file found this way is used only if it and its .kasmos "
+        r"directory belong to you (or root) and nobody else can write them. \fB\-\-config\fP or "
+        r"\fB$KASMOS_CONFIG\fP name another file; no file means the normal profile."
+    ),
+    f"{STATE}/": (
+        r"The state directory: \fB$KAS_STATE_DIR\fP, else \fB$XDG_STATE_HOME\fP/kas, else this. "
+        "Mode 0700: agents' output may hold secrets."
+    ),
+    f"{STATE}/instances.db": (
+        r"The SQLite registry of every agent and wave task kas started, which \fBkas instance\fP lists, "
+        "shows, stops and prunes; mode 0600. kas never rewrites, moves or deletes one that is "
+        "read-only, damaged or not kas's: it names it and asks you to move it aside."
+    ),
+    f"{STATE}/logs/": (
+        r"Output of detached and tmux agents (\fIID\fP.log) and of wave tasks "
+        r"(run\-\fIRUN\fP/\fITASK\fP.log), each file mode 0600; \fBkas instance prune\fP deletes those "
+        r"of the rows it forgets (unless \fB\-\-keep\-logs\fP)."
+    ),
+    f"{STATE}/status/": (
+        "tmux agents' launch specs and exit statuses, written for kas by the small runner in each "
+        "agent's tmux pane."
+    ),
+}
+
+# Which of the above each page describes: kas(1) all of them, a subcommand what it uses.
+STATE_VARS = ["KAS_STATE_DIR", "XDG_STATE_HOME", "KAS_DB_BUSY_TIMEOUT"]
+STATE_FILES = [f"{STATE}/", f"{STATE}/instances.db", f"{STATE}/logs/"]
+TMUX_VARS = ["KAS_TMUX_SOCKET", "KAS_TMUX_SESSION"]
+CONFIG = ".kasmos/config.toml"
+PAGE_SECTIONS: dict[str, tuple[list[str], list[str]]] = {
+    "kas.1": (list(ENVIRONMENT), list(FILES)),
+    "kas-spawn.1": (["KASMOS_CONFIG", *STATE_VARS, *TMUX_VARS], [CONFIG, *STATE_FILES, f"{STATE}/status/"]),
+    "kas-wave-run.1": (
+        ["KASMOS_CONFIG", *STATE_VARS, *TMUX_VARS, "TERM"],
+        [CONFIG, *STATE_FILES, f"{STATE}/status/"],
+    ),
+    "kas-profile-show.1": (["KASMOS_CONFIG"], [CONFIG]),
+    "kas-check.1": (["KASMOS_CONFIG"], [CONFIG]),
+    "kas-bench-responsiveness.1": (["KASMOS_CONFIG", "KAS_TMUX_SOCKET"], [CONFIG]),
+    **{
+        f"kas-instance-{name}.1": (STATE_VARS, STATE_FILES)
+        for name in ("list", "show", "logs", "stop", "prune")
+    },
+}
+
+
+def extra_sections(page: str) -> str:
+    """The roff click-man cannot generate for ``page``: ENVIRONMENT, FILES, SEE ALSO."""
+    parts = []
+    env, files = PAGE_SECTIONS.get(page, ([], []))
+    if env:
+        parts.append(".SH ENVIRONMENT\n" + "".join(f".TP\n.B {n}\n{ENVIRONMENT[n]}\n" for n in env))
+    if files:
+        parts.append(".SH FILES\n" + "".join(f".TP\n.I {f}\n{FILES[f]}\n" for f in files))
+    if page != "kas.1":
+        parts.append(".SH SEE ALSO\n.BR kas (1),\nfor every environment variable and file kas uses.\n")
+    return "".join(parts)
 
 
 def load_all(group: click.Group, ctx: click.Context) -> None:
@@ -42,7 +145,7 @@ def render() -> dict[str, str]:
         for page in sorted(Path(tmp).iterdir()):
             # Click's "\b" (keep this paragraph as is) marker means nothing to roff: drop it.
             text = "\n".join(line for line in page.read_text().splitlines() if line.strip() != "\b")
-            files[f"man/{page.name}"] = text + "\n"
+            files[f"man/{page.name}"] = text + "\n" + extra_sections(page.name)
     return files
 
 

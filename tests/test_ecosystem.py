@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import click
 import pytest
 
 from kas.registry import Instance, Registry
@@ -73,6 +75,47 @@ def test_man_page_summaries_are_whole_sentences() -> None:
         listed = [line.strip() for line in sections.get("COMMANDS", "").splitlines() if line.startswith("  ")]
         for line in listed:
             assert not line.endswith("..."), (page.name, line)
+
+
+def every_command() -> Iterator[tuple[str, click.Command]]:
+    """Each command of the CLI (lazy ones loaded) with the name of its man page."""
+    from kas.cli import main
+
+    def walk(command: click.Command, ctx: click.Context) -> Iterator[tuple[str, click.Command]]:
+        yield ctx.command_path.replace(" ", "-") + ".1", command
+        if isinstance(command, click.Group):
+            for name in command.list_commands(ctx):
+                sub = command.get_command(ctx, name)
+                assert sub is not None
+                yield from walk(sub, click.Context(sub, info_name=name, parent=ctx))
+
+    yield from walk(main, click.Context(main, info_name="kas"))
+
+
+def test_kas_man_page_has_every_environment_variable_and_file() -> None:
+    """kas(1) names every variable kas reads (the option envvars and the names in the code) and file."""
+    from kas.config import CONFIG_ENV
+    from kas.registry import BUSY_ENV, DB_NAME
+    from kas.statedir import STATE_ENV
+
+    sections = man_sections(ROOT / "man" / "kas.1")
+    documented = re.findall(r"^\.B (\S+)$", sections["ENVIRONMENT"], re.M)
+    named = {"KASMOS_CONFIG", "KAS_STATE_DIR", "KAS_TMUX_SOCKET", "KAS_TMUX_SESSION", "XDG_STATE_HOME",
+             "KAS_DB_BUSY_TIMEOUT", "NO_COLOR", CONFIG_ENV, BUSY_ENV, STATE_ENV}  # fmt: skip
+    envvars = {p.envvar for _, c in every_command() for p in c.params if isinstance(p.envvar, str)}
+    assert envvars, "no option reads the environment any more?"
+    assert named | envvars <= set(documented), sorted((named | envvars) - set(documented))
+    files = re.findall(r"^\.I (\S+)$", sections["FILES"], re.M)
+    for part in (".kasmos/config.toml", DB_NAME, "logs/", "status/"):
+        assert any(f.endswith(part) for f in files), (part, files)
+
+
+def test_each_command_page_names_the_variables_its_options_read() -> None:
+    for page, command in every_command():
+        for param in command.params:
+            if isinstance(param.envvar, str):
+                env = man_sections(ROOT / "man" / page).get("ENVIRONMENT", "")
+                assert f".B {param.envvar}\n" in env, (page, param.envvar)
 
 
 def complete(kas, words: str, cwd: Path | None = None) -> list[str]:  # type: ignore[no-untyped-def]
