@@ -4,8 +4,8 @@
     python scripts/gen_docs.py --check   exit 1 (naming the files) if what is committed is stale
 
 Completions come from kas's completion classes (kas.cli.complete); man pages from click-man, fed every
-lazily loaded subcommand, plus the sections click-man cannot know (ENVIRONMENT, FILES), written here
-in roff. A fixed date keeps the pages reproducible (bump it with the version).
+lazily loaded subcommand, plus the sections click-man cannot know (ENVIRONMENT, FILES, the plan file
+format), written here in roff. A fixed date keeps the pages reproducible (bump it with the version).
 """
 
 from __future__ import annotations
@@ -108,10 +108,74 @@ PAGE_SECTIONS: dict[str, tuple[list[str], list[str]]] = {
     },
 }
 
+# README's "Plan files", in roff, for kas-wave-run(1).
+PLAN_FILES = r""".SH PLAN FILES
+A plan is a TOML file. Its waves run one after another; the tasks of a wave run side by side, at
+most \fBmax_parallel_wave_tasks\fP at once.
+.PP
+.RS 4
+.nf
+name = "auth-refactor"
+[defaults]                      # optional: cwd (relative to the plan file), env, mode, timeout
+cwd = "."
+env = { RUST_LOG = "info" }
+[resources]                     # optional: same keys as the config's [resources], for this plan
+max_parallel_wave_tasks = 2
+[[waves]]
+name = "scaffold"               # optional
+[[waves.tasks]]
+id = "api"                      # unique; letters, digits . _ - (first a letter or digit); at most 64
+command = ["cargo", "build", "\-p", "api"]
+[[waves.tasks]]
+id = "db"
+command = "make migrate"        # a string is split like a shell would (no shell runs it)
+cwd = "services/db"
+env = { PGHOST = "localhost" }
+timeout = 600                   # seconds; beats [defaults] timeout; 0 = none
+[[waves]]
+[[waves.tasks]]
+id = "review"
+command = ["./scripts/review.sh"]
+.fi
+.RE
+.TP
+.B name
+The plan's name (default: the file's name without .toml).
+.TP
+.B [defaults]
+Optional: \fBcwd\fP (relative to the plan file's directory), \fBenv\fP, \fBmode\fP (sdk or tmux) and
+\fBtimeout\fP, for every task that does not set its own.
+.TP
+.B [resources]
+Optional: the keys of the config's [resources], for this plan only.
+.TP
+.B [[waves]]
+One wave, in order: an optional \fBname\fP and at least one task.
+.TP
+.B [[waves.tasks]]
+One task of the wave above it. \fBid\fP: unique in the plan; letters, digits, ".", "_" and "\-", the
+first a letter or digit; at most 64 characters (it names the task's log file). \fBcommand\fP: a list
+of arguments, or a string split as a shell would split it (no shell runs it). Optional: \fBname\fP;
+\fBcwd\fP (relative to the [defaults] cwd); \fBenv\fP (added to the [defaults] env); \fBtimeout\fP.
+.TP
+.B timeout
+A task's limit in seconds: a positive number up to 7 days (604800). A task's own value beats
+[defaults]; 0 or no value means no limit.
+.PP
+Settings come from the config's [resources], then the plan's [resources], then
+\fB\-\-set\fP \fIKEY\fP=\fIVALUE\fP (repeatable). Every plan error (syntax, a value of the wrong type,
+a duplicate or malformed id, an empty wave, an unknown key, a missing command, a bad cwd or timeout)
+is reported with its line before anything starts.
+.PP
+A failing task does not stop its wave (\fB\-\-fail\-fast\fP does). Ctrl-C or SIGTERM stops every
+running task's process group (SIGTERM, then SIGKILL after \fB\-\-grace\fP seconds), marks pending
+tasks cancelled, and exits 130.
+"""
+
 
 def extra_sections(page: str) -> str:
-    """The roff click-man cannot generate for ``page``: ENVIRONMENT, FILES, SEE ALSO."""
-    parts = []
+    """The roff click-man cannot generate for ``page``: plan format, ENVIRONMENT, FILES, SEE ALSO."""
+    parts = [PLAN_FILES] if page == "kas-wave-run.1" else []
     env, files = PAGE_SECTIONS.get(page, ([], []))
     if env:
         parts.append(".SH ENVIRONMENT\n" + "".join(f".TP\n.B {n}\n{ENVIRONMENT[n]}\n" for n in env))

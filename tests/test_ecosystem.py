@@ -118,6 +118,36 @@ def test_each_command_page_names_the_variables_its_options_read() -> None:
                 assert f".B {param.envvar}\n" in env, (page, param.envvar)
 
 
+def plan_section() -> tuple[str, str]:
+    """kas-wave-run(1)'s PLAN FILES section, and its example as plain TOML."""
+    text = man_sections(ROOT / "man" / "kas-wave-run.1")["PLAN FILES"]
+    example = text.split(".nf\n", 1)[1].split(".fi\n", 1)[0].replace("\\-", "-")
+    assert "\\" not in example, "a roff escape the test does not undo"
+    return text, example
+
+
+def test_wave_run_page_describes_every_plan_key() -> None:
+    from kas.waves.plan import DEFAULT_KEYS, PLAN_KEYS, TASK_KEYS, WAVE_KEYS
+
+    text, _ = plan_section()
+    headings = re.findall(r"^\.B (\S+)$", text, re.M)  # name, [defaults], [[waves.tasks]], ...
+    described = set(re.findall(r"\\fB(\w+)\\fP", text)) | {h.strip("[]").split(".")[-1] for h in headings}
+    missing = {*PLAN_KEYS, *DEFAULT_KEYS, *WAVE_KEYS, *TASK_KEYS} - described
+    assert not missing, sorted(missing)
+
+
+def test_the_plan_example_in_the_man_page_loads(tmp_path: Path) -> None:
+    from kas.waves.plan import load_plan
+
+    _, example = plan_section()
+    (tmp_path / "services" / "db").mkdir(parents=True)
+    (tmp_path / "plan.toml").write_text(example)
+    plan = load_plan(tmp_path / "plan.toml")
+    assert [[t.id for t in w.tasks] for w in plan.waves] == [["api", "db"], ["review"]]
+    assert plan.waves[0].tasks[0].argv == ["cargo", "build", "-p", "api"]
+    assert plan.waves[0].tasks[1].timeout == 600
+
+
 def complete(kas, words: str, cwd: Path | None = None) -> list[str]:  # type: ignore[no-untyped-def]
     """Drive Click's bash completion protocol the way the shell does."""
     parts = words.split(" ")
