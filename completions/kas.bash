@@ -2,7 +2,8 @@ _kas_completion() {
     local IFS=$'\n'
     local response
 
-    response=$(env COMP_WORDS="${COMP_WORDS[*]}" COMP_CWORD=$COMP_CWORD _KAS_COMPLETE=bash_complete $1)
+    response=$(env COMP_WORDS="${COMP_WORDS[*]}" COMP_CWORD=$COMP_CWORD _KAS_COMPLETE=bash_complete \
+        _KAS_COMPLETE_NOSPACE=1 $1)
 
     for completion in $response; do
         IFS=',' read type value <<< "$completion"
@@ -15,6 +16,10 @@ _kas_completion() {
             compopt -o default
         elif [[ $type == 'plain' ]]; then
             COMPREPLY+=($value)
+        elif [[ $type == 'nospace' ]]; then
+            # key= or dir/: the user goes on typing right after it.
+            COMPREPLY+=($value)
+            compopt -o nospace
         fi
     done
 

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
+import click
 import pytest
 
 from kas.registry import Instance, Registry
-from tests.conftest import KAS
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -42,6 +44,108 @@ def test_man_pages_render_cleanly() -> None:
             ["groff", "-man", "-Tutf8", "-ww", "-z", str(page)], capture_output=True, text=True
         )
         assert done.returncode == 0 and done.stderr == "", (page.name, done.stderr)
+
+
+def man_sections(page: Path) -> dict[str, str]:
+    """A man page's sections by heading (``.SH NAME`` -> its roff text)."""
+    sections: dict[str, str] = {}
+    heading = None
+    for line in page.read_text().splitlines():
+        if line.startswith(".SH "):
+            heading = line[4:].strip().strip('"')
+            sections[heading] = ""
+        elif heading is not None:
+            sections[heading] += line + "\n"
+    return sections
+
+
+def test_man_page_summaries_are_whole_sentences() -> None:
+    """NAME lines (what whatis and apropos show) and the command lists of groups are never cut off.
+
+    Click shortens a docstring's first line to 45 characters with "..." when a command has no short
+    help; click-man takes that for the NAME line.
+    """
+    pages = sorted((ROOT / "man").glob("*.1"))
+    assert len(pages) > 10
+    for page in pages:
+        sections = man_sections(page)
+        command, summary = sections["NAME"].strip().split(r" \- ", 1)
+        assert command == page.stem.replace("-", r"\-")
+        assert summary.endswith(".") and not summary.endswith("..."), (page.name, summary)
+        listed = [line.strip() for line in sections.get("COMMANDS", "").splitlines() if line.startswith("  ")]
+        for line in listed:
+            assert not line.endswith("..."), (page.name, line)
+
+
+def every_command() -> Iterator[tuple[str, click.Command]]:
+    """Each command of the CLI (lazy ones loaded) with the name of its man page."""
+    from kas.cli import main
+
+    def walk(command: click.Command, ctx: click.Context) -> Iterator[tuple[str, click.Command]]:
+        yield ctx.command_path.replace(" ", "-") + ".1", command
+        if isinstance(command, click.Group):
+            for name in command.list_commands(ctx):
+                sub = command.get_command(ctx, name)
+                assert sub is not None
+                yield from walk(sub, click.Context(sub, info_name=name, parent=ctx))
+
+    yield from walk(main, click.Context(main, info_name="kas"))
+
+
+def test_kas_man_page_has_every_environment_variable_and_file() -> None:
+    """kas(1) names every variable kas reads (the option envvars and the names in the code) and file."""
+    from kas.config import CONFIG_ENV
+    from kas.registry import BUSY_ENV, DB_NAME
+    from kas.statedir import STATE_ENV
+
+    sections = man_sections(ROOT / "man" / "kas.1")
+    documented = re.findall(r"^\.B (\S+)$", sections["ENVIRONMENT"], re.M)
+    named = {"KASMOS_CONFIG", "KAS_STATE_DIR", "KAS_TMUX_SOCKET", "KAS_TMUX_SESSION", "XDG_STATE_HOME",
+             "KAS_DB_BUSY_TIMEOUT", "NO_COLOR", CONFIG_ENV, BUSY_ENV, STATE_ENV}  # fmt: skip
+    envvars = {p.envvar for _, c in every_command() for p in c.params if isinstance(p.envvar, str)}
+    assert envvars, "no option reads the environment any more?"
+    assert named | envvars <= set(documented), sorted((named | envvars) - set(documented))
+    files = re.findall(r"^\.I (\S+)$", sections["FILES"], re.M)
+    for part in (".kasmos/config.toml", DB_NAME, "logs/", "status/"):
+        assert any(f.endswith(part) for f in files), (part, files)
+
+
+def test_each_command_page_names_the_variables_its_options_read() -> None:
+    for page, command in every_command():
+        for param in command.params:
+            if isinstance(param.envvar, str):
+                env = man_sections(ROOT / "man" / page).get("ENVIRONMENT", "")
+                assert f".B {param.envvar}\n" in env, (page, param.envvar)
+
+
+def plan_section() -> tuple[str, str]:
+    """kas-wave-run(1)'s PLAN FILES section, and its example as plain TOML."""
+    text = man_sections(ROOT / "man" / "kas-wave-run.1")["PLAN FILES"]
+    example = text.split(".nf\n", 1)[1].split(".fi\n", 1)[0].replace("\\-", "-")
+    assert "\\" not in example, "a roff escape the test does not undo"
+    return text, example
+
+
+def test_wave_run_page_describes_every_plan_key() -> None:
+    from kas.waves.plan import DEFAULT_KEYS, PLAN_KEYS, TASK_KEYS, WAVE_KEYS
+
+    text, _ = plan_section()
+    headings = re.findall(r"^\.B (\S+)$", text, re.M)  # name, [defaults], [[waves.tasks]], ...
+    described = set(re.findall(r"\\fB(\w+)\\fP", text)) | {h.strip("[]").split(".")[-1] for h in headings}
+    missing = {*PLAN_KEYS, *DEFAULT_KEYS, *WAVE_KEYS, *TASK_KEYS} - described
+    assert not missing, sorted(missing)
+
+
+def test_the_plan_example_in_the_man_page_loads(tmp_path: Path) -> None:
+    from kas.waves.plan import load_plan
+
+    _, example = plan_section()
+    (tmp_path / "services" / "db").mkdir(parents=True)
+    (tmp_path / "plan.toml").write_text(example)
+    plan = load_plan(tmp_path / "plan.toml")
+    assert [[t.id for t in w.tasks] for w in plan.waves] == [["api", "db"], ["review"]]
+    assert plan.waves[0].tasks[0].argv == ["cargo", "build", "-p", "api"]
+    assert plan.waves[0].tasks[1].timeout == 600
 
 
 def complete(kas, words: str, cwd: Path | None = None) -> list[str]:  # type: ignore[no-untyped-def]
@@ -83,40 +187,188 @@ def test_bash_split_at_equals_still_completes_the_value(kas) -> None:
     assert complete(kas, "kas wave run --set gomaxprocs = ") == []
 
 
-@pytest.mark.skipif(shutil.which("bash") is None, reason="bash not installed")
-def test_bash_itself_completes_a_set_value(project: Path, tmp_path: Path) -> None:
-    """Type into a real interactive bash on a pty, press TAB, and read what bash put on the line."""
-    import pty
-    import select
+def answer(shell: str, words: str, *, script_knows_nospace: bool, cwd: Path | None = None) -> list[str]:
+    """What this checkout answers a completion script, one item per entry (type first, as sent)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "_KAS_COMPLETE": f"{shell}_complete", "COMP_WORDS": words}
+    # fish sends the incomplete word itself where bash and zsh send its index.
+    env["COMP_CWORD"] = words.split(" ")[-1] if shell == "fish" else str(len(words.split(" ")) - 1)
+    if script_knows_nospace:
+        env["_KAS_COMPLETE_NOSPACE"] = "1"
+    done = subprocess.run([sys.executable, "-m", "kas"], capture_output=True, text=True, env=env, cwd=cwd)
+    assert done.returncode == 0, done.stderr
+    if shell == "zsh":  # type, value and help on three lines each
+        lines = done.stdout.splitlines()
+        return [",".join(lines[i : i + 2]) for i in range(0, len(lines), 3)]
+    return [line.split("\t")[0] for line in done.stdout.splitlines()]
 
-    primary, secondary = pty.openpty()
-    env = {**os.environ, "HOME": str(tmp_path), "INPUTRC": "/dev/null", "PS1": "$ ", "TERM": "dumb"}
-    env["PATH"] = f"{Path(KAS).parent}{os.pathsep}{env['PATH']}"
-    shell = subprocess.Popen(["bash", "--norc", "--noprofile", "-i"], stdin=secondary, stdout=secondary,
-                             stderr=secondary, cwd=project, env=env, start_new_session=True)  # fmt: skip
-    os.close(secondary)
 
-    def until(text: str, timeout: float = 15) -> str:
+@pytest.mark.parametrize("shell", ["bash", "zsh"])
+def test_key_and_directory_completions_say_nospace_to_scripts_that_know_it(shell: str, project: Path) -> None:
+    (project / "plans").mkdir()
+    (project / "plan.toml").write_text("")
+    assert answer(shell, "kas wave run --set max", script_knows_nospace=True) == [
+        "nospace,max_parallel_wave_tasks="
+    ]
+    assert answer(shell, "kas wave run p", script_knows_nospace=True, cwd=project) == [
+        "plain,plan.toml",
+        "nospace,plans/",
+    ]
+    # A value is finished: it gets its space.
+    assert answer(shell, "kas wave run --set execution_mode=t", script_knows_nospace=True) == [
+        "plain,execution_mode=tmux"
+    ]
+
+
+@pytest.mark.parametrize("shell", ["bash", "zsh"])
+def test_an_older_installed_script_still_gets_keys_and_directories(shell: str, project: Path) -> None:
+    """A script from before nospace (or plain Click's) drops item types it does not know: send plain."""
+    (project / "plans").mkdir()
+    assert answer(shell, "kas wave run --set max", script_knows_nospace=False) == [
+        "plain,max_parallel_wave_tasks="
+    ]
+    assert answer(shell, "kas wave run pl", script_knows_nospace=False, cwd=project) == ["plain,plans/"]
+
+
+def test_fish_gets_plain_items_and_adds_no_space_itself(project: Path) -> None:
+    """fish's script (Click's) knows no nospace and would drop it; fish adds no space after "=" or "/" itself."""
+    (project / "plans").mkdir()
+    assert answer("fish", "kas wave run --set max", script_knows_nospace=False) == [
+        "plain,max_parallel_wave_tasks="
+    ]
+    assert answer("fish", "kas wave run pl", script_knows_nospace=False, cwd=project) == ["plain,plans/"]
+
+
+SHELL_SETUP = {
+    "bash": "source {script}",
+    # Installed as README says: the file as _kas on fpath, then compinit (the autoload branch).
+    "zsh": "bindkey -e; fpath=({dir} $fpath); autoload -U compinit; compinit -u -D",
+    "fish": "source {script}",
+}
+SHELL_ARGV = {
+    "bash": ["bash", "--norc", "--noprofile", "-i"],
+    "zsh": ["zsh", "-f", "-i"],
+    "fish": ["fish", "--no-config", "-i"],
+}
+
+
+class Shell:
+    """A real interactive shell on a pty, with kas's committed completion script loaded.
+
+    ``kas`` on its PATH runs this checkout (``python -m kas``), never an installed copy. Tests type into
+    it, press TAB, and read what the shell put on the line.
+    """
+
+    def __init__(self, name: str, cwd: Path, home: Path) -> None:
+        import pty
+
+        bin_dir = home / "bin"
+        bin_dir.mkdir(parents=True)
+        wrapper = bin_dir / "kas"
+        wrapper.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m kas "$@"\n')
+        wrapper.chmod(0o755)
+        zsh_dir = home / "zfunc"
+        zsh_dir.mkdir()
+        (zsh_dir / "_kas").write_text((ROOT / "completions" / "kas.zsh").read_text())
+        env = {**os.environ, "HOME": str(home), "INPUTRC": "/dev/null", "PS1": "$ ", "TERM": "dumb"}
+        env["PATH"] = f"{bin_dir}{os.pathsep}{env['PATH']}"
+        env["PYTHONPATH"] = str(ROOT)
+        self.primary, secondary = pty.openpty()
+        self.process = subprocess.Popen(SHELL_ARGV[name], stdin=secondary, stdout=secondary, stderr=secondary,
+                                        cwd=cwd, env=env, start_new_session=True,
+                                        preexec_fn=self._take_terminal)  # fmt: skip
+        os.close(secondary)
+        setup = SHELL_SETUP[name].format(script=ROOT / "completions" / f"kas.{name}", dir=zsh_dir)
+        self.type(f"{setup}; echo so''urced\r")
+        self.until("sourced")
+
+    @staticmethod
+    def _take_terminal() -> None:
+        """Make the pty the shell's controlling terminal: fish refuses to run interactively without one."""
+        import fcntl
+        import termios
+
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+    def type(self, keys: str) -> None:
+        os.write(self.primary, keys.encode())
+
+    def until(self, text: str, timeout: float = 15) -> str:
+        """Everything the shell wrote until ``text`` appeared; fail with what it showed instead."""
+        import select
+
         seen = b""
         deadline = time.monotonic() + timeout
         while text.encode() not in seen:
-            ready, _, _ = select.select([primary], [], [], max(0.0, deadline - time.monotonic()))
+            ready, _, _ = select.select([self.primary], [], [], max(0.0, deadline - time.monotonic()))
             if not ready:
                 raise AssertionError(
-                    f"bash never showed {text!r}; it showed {seen.decode(errors='replace')!r}"
+                    f"the shell never showed {text!r}; it showed {seen.decode(errors='replace')!r}"
                 )
-            seen += os.read(primary, 4096)
+            seen += os.read(self.primary, 4096)
         return seen.decode(errors="replace")
 
-    try:
-        os.write(primary, f"source {ROOT / 'completions' / 'kas.bash'}; echo sourced\n".encode())
-        until("sourced")
-        os.write(primary, b"kas wave run --set execution_mode=tm\t")
-        until("execution_mode=tmux")
-    finally:
-        shell.kill()
-        shell.wait()
-        os.close(primary)
+    def words(self, expected: list[str]) -> None:
+        """The words now on the line, as the shell will pass them, are ``expected``; the line is run.
+
+        Ctrl-A goes to the start of the line and turns it into a printf of one <word> per line, so a
+        space the completion left inside a word shows as two words.
+        """
+        self.type("\x01printf '<%s>\\n' \r")
+        self.until("".join(f"<{w}>\r\n" for w in expected))
+
+    def close(self) -> None:
+        self.process.kill()
+        self.process.wait()
+        os.close(self.primary)
+
+
+SHELLS = [pytest.param(name, marks=pytest.mark.skipif(shutil.which(name) is None, reason=f"{name} not installed"))
+          for name in ("bash", "zsh", "fish")]  # fmt: skip
+
+
+@pytest.fixture
+def shell(request: pytest.FixtureRequest, project: Path, tmp_path: Path) -> Iterator[Shell]:
+    running = Shell(request.param, project, tmp_path / "home")
+    yield running
+    running.close()
+
+
+@pytest.mark.parametrize("shell", SHELLS, indirect=True)
+def test_shell_itself_completes_a_set_value(shell: Shell) -> None:
+    shell.type("kas wave run --set execution_mode=tm\t")
+    shell.until("execution_mode=tmux")
+    shell.words(["kas", "wave", "run", "--set", "execution_mode=tmux"])
+
+
+@pytest.mark.parametrize("shell", SHELLS, indirect=True)
+def test_shell_leaves_the_cursor_right_after_a_set_key(shell: Shell) -> None:
+    """``--set max<TAB>`` then ``2`` reads ``max_parallel_wave_tasks=2``: no space to backspace over."""
+    shell.type("kas wave run --set max\t")
+    shell.until("max_parallel_wave_tasks=")
+    shell.type("2")
+    shell.words(["kas", "wave", "run", "--set", "max_parallel_wave_tasks=2"])
+
+
+@pytest.mark.parametrize("shell", SHELLS, indirect=True)
+def test_shell_offers_profile_names_after_set_profile(shell: Shell) -> None:
+    shell.type("kas wave run --set profile=inter\t")
+    shell.until("profile=interactive")
+    shell.words(["kas", "wave", "run", "--set", "profile=interactive"])
+
+
+@pytest.mark.parametrize("shell", SHELLS, indirect=True)
+def test_shell_tabs_into_a_directory_of_plans(shell: Shell, project: Path) -> None:
+    """``exa<TAB>`` gives ``examples/`` with no space, so the next TAB completes a plan inside it.
+
+    In zsh the second TAB also checks that an autoloaded ``_kas`` completes on every TAB, not every other.
+    """
+    (project / "examples").mkdir()
+    (project / "examples" / "plan.toml").write_text("")
+    shell.type("kas wave run exa\t")
+    shell.until("examples/")
+    shell.type("\t")
+    shell.until("plan.toml")
+    shell.words(["kas", "wave", "run", "examples/plan.toml"])
 
 
 def test_completes_toml_plan_files(kas, project: Path) -> None:

@@ -57,13 +57,12 @@ class KasGroup(click.Group):
     """A group that reports ``KasError`` as one line and its exit code, never as a traceback."""
 
     def main(self, *args: Any, **kwargs: Any) -> Any:
-        if os.environ.get("_KAS_COMPLETE", "").startswith("bash"):
-            # Only while completing: the bash protocol class that rejoins key=value (see complete.py).
-            from click.shell_completion import add_completion_class
+        if os.environ.get("_KAS_COMPLETE"):
+            # Only while completing: kas's protocol classes (bash rejoins key=value, the nospace type;
+            # see complete.py), so that plain commands never import the completion module.
+            from kas.cli.complete import register
 
-            from kas.cli.complete import KasBashComplete
-
-            add_completion_class(KasBashComplete, "bash")
+            register()
         return super().main(*args, **kwargs)
 
     def invoke(self, ctx: click.Context) -> Any:

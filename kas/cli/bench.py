@@ -17,7 +17,7 @@ def bench() -> None:
     """Benchmarks that show whether the resource controls work here."""
 
 
-@bench.command("responsiveness")
+@bench.command("responsiveness", short_help="Time a foreground loop alone and against CPU-bound agents.")
 @click.option("--agents", type=click.IntRange(1, 256), help="CPU-bound agents per case [default: 2 x cores].")
 @click.option("--frames", type=click.IntRange(10, 100000), default=600, show_default=True,
               help="60 Hz frames per case (600 = about 10 s).")  # fmt: skip

@@ -48,7 +48,7 @@ def short(text: str, width: int = 40) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-@instance.command("list")
+@instance.command("list", short_help="List agents with their live status and priority.")
 @click.option("--all", "show_all", is_flag=True, help="Include finished instances.")
 @json_option("A JSON list; each object has resource_profile.")
 @click.pass_obj
@@ -98,7 +98,7 @@ def list_instances(app: App, show_all: bool, as_json: bool) -> None:
     out.table(rows, ("ID", "NAME", "STATUS", "PROFILE", "NI", "IO", "AG", "MODE", "AGE", "COMMAND"))
 
 
-@instance.command("show")
+@instance.command("show", short_help="Show one instance and its live priority.")
 @click.argument("inst_id", metavar="ID", shell_complete=instance_ids)
 @json_option()
 @click.pass_obj
@@ -162,7 +162,7 @@ def _when(stamp: float | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(stamp)) if stamp else "-"
 
 
-@instance.command("logs")
+@instance.command("logs", short_help="Print an agent's or a wave task's output.")
 @click.argument("inst_id", metavar="ID", shell_complete=instance_ids)
 @click.option("-f", "--follow", is_flag=True, help="Keep printing as the agent writes, until it ends.")
 @click.option("-n", "--lines", type=click.IntRange(0, 10_000_000), help="Only the last N lines.")
@@ -199,7 +199,7 @@ def logs(app: App, inst_id: str, follow: bool, lines: int | None) -> None:
         follower.stop()
 
 
-@instance.command("stop")
+@instance.command("stop", short_help="Stop agents: SIGTERM, then SIGKILL.")
 @click.argument("inst_ids", nargs=-1, required=True, metavar="ID...", shell_complete=instance_ids)
 @grace_option()
 @json_option("A JSON list of the stopped instances.")
@@ -225,7 +225,7 @@ def stop(app: App, inst_ids: tuple[str, ...], grace: float, as_json: bool) -> No
         out.line(f"{view.inst.id}  {out.status(view.label)}")
 
 
-@instance.command("prune")
+@instance.command("prune", short_help="Forget finished instances and delete their logs.")
 @click.option(
     "--older-than",
     type=click.FloatRange(min=0),

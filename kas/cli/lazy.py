@@ -13,7 +13,12 @@ import click
 
 
 class LazyGroup(click.Group):
-    """Subcommands given as ``name -> ("module:attr", "short help")``; loaded on first use."""
+    """Subcommands given as ``name -> ("module:attr", "short help")``; loaded on first use.
+
+    The stored short help becomes the loaded command's own (unless it sets one), so ``kas --help``, the
+    group's listing after loading, and the man pages' NAME lines say the same whole sentence rather
+    than Click cutting the docstring's first line at 45 characters with "...".
+    """
 
     def __init__(self, *args: Any, lazy: dict[str, tuple[str, str]] | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -26,6 +31,8 @@ class LazyGroup(click.Group):
         if cmd_name in self.lazy and cmd_name not in self.commands:
             module_name, attr = self.lazy[cmd_name][0].split(":")
             command = getattr(importlib.import_module(module_name), attr)
+            if command.short_help is None:
+                command.short_help = self.lazy[cmd_name][1]
             self.add_command(command, cmd_name)
         return super().get_command(ctx, cmd_name)
 
