@@ -63,7 +63,7 @@ def _read_answer(out: Output, stream: Any, prompt: str) -> bool | None:
     return line.strip().lower() in ("", "y", "yes")
 
 
-@wave.command("example")
+@wave.command("example", short_help="Print the bundled example plan.")
 def example() -> None:
     """Print the bundled example plan (kas wave example > plan.toml).
 
