@@ -7,31 +7,24 @@ import re
 import stat
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from kas.errors import ConfigError
 from kas.profiles import validate_table
 from kas.resolver import ResolvedProfile, merge_tables, resolve
 from kas.trust import others_can_write, user_name, write_fix
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised only on 3.10
-    import tomli as tomllib
-
 CONFIG_ENV = "KASMOS_CONFIG"
 CONFIG_RELPATH = Path(".kasmos") / "config.toml"
-_TOML_POS = re.compile(r"\(at line (\d+), column (\d+)\)")
+_TOML_POS = r"\(at line (\d+), column (\d+)\)"
 
 
-@dataclass(frozen=True)
-class Config:
+class Config(NamedTuple):
     """A loaded config: where it came from (None = no file) and its validated ``[resources]`` table."""
 
     path: Path | None
-    resources: dict[str, Any] = field(default_factory=dict)
+    resources: dict[str, Any]
     text: str = ""
 
     def resolve(self, *extra: Mapping[str, Any] | None) -> ResolvedProfile:
@@ -144,6 +137,10 @@ def parse_toml(path: Path, error: type[ConfigError] = ConfigError) -> tuple[dict
         raise error(f"cannot read file: {exc.strerror}", path=path) from None
     except UnicodeDecodeError:
         raise error("file is not UTF-8 text", path=path) from None
+    if sys.version_info >= (3, 11):  # imported here: most runs of kas read no TOML at all
+        import tomllib
+    else:  # pragma: no cover - exercised only on 3.10
+        import tomli as tomllib
     try:
         return tomllib.loads(text), text
     except RecursionError:
@@ -154,7 +151,7 @@ def parse_toml(path: Path, error: type[ConfigError] = ConfigError) -> tuple[dict
         ) from None
     except tomllib.TOMLDecodeError as exc:
         message = str(exc)
-        match = _TOML_POS.search(message)
+        match = re.search(_TOML_POS, message)
         if match:
             line, column = int(match[1]), int(match[2])
             message = message[: match.start()].strip()

@@ -8,14 +8,14 @@ owner's private group (the one Ubuntu's umask 002 relies on).
 
 from __future__ import annotations
 
-import grp
 import os
-import pwd
 import stat
 
 
 def user_name(uid: int, *, with_uid: bool = True) -> str:
     """``name (uid N)`` (or ``name``), or ``uid N`` for an id with no account, as messages show owners."""
+    import pwd  # here, not at the top: the account database is read only to explain a refusal
+
     try:
         name = pwd.getpwuid(uid).pw_name
     except KeyError:
@@ -25,6 +25,8 @@ def user_name(uid: int, *, with_uid: bool = True) -> str:
 
 def group_name(gid: int) -> str:
     """A group's name, or ``gid N`` for an id with no group entry."""
+    import grp
+
     try:
         return grp.getgrgid(gid).gr_name
     except KeyError:
@@ -37,6 +39,9 @@ def is_private_group(gid: int, owner_uid: int) -> bool:
     Members are both the group's listed members and every other account whose primary group it is;
     a group we cannot look up is not private (we cannot tell who is in it).
     """
+    import grp
+    import pwd
+
     try:
         group = grp.getgrgid(gid)
         owner = pwd.getpwuid(owner_uid).pw_name

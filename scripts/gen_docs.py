@@ -3,7 +3,7 @@
     python scripts/gen_docs.py           write completions/ and man/
     python scripts/gen_docs.py --check   exit 1 (naming the files) if what is committed is stale
 
-Completions come from kas's completion classes (kas.cli.complete); man pages from click-man, fed every
+Completions come from kas's completion classes (kas.cli.shells); man pages from click-man, fed every
 lazily loaded subcommand, plus the sections click-man cannot know (ENVIRONMENT, FILES, the plan file
 format), written here in roff. A fixed date keeps the pages reproducible (bump it with the version).
 """

@@ -267,3 +267,11 @@ def test_launch_never_imports_instances_and_only_the_cli_imports_click() -> None
             assert "print(" not in text or path.name == "supervisor.py", (
                 f"{path}: warnings go through the CLI"
             )
+
+
+def test_the_readme_lists_every_status_name() -> None:
+    from kas.status import MEANING
+
+    readme = (KAS_ROOT.parent / "README.md").read_text()
+    table = readme.split("### Statuses", 1)[1].split("###", 1)[0]
+    assert {line.split("`")[1] for line in table.splitlines() if line.startswith("| `")} == set(MEANING)

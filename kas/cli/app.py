@@ -60,7 +60,7 @@ class KasGroup(click.Group):
         if os.environ.get("_KAS_COMPLETE"):
             # Only while completing: kas's protocol classes (bash rejoins key=value, the nospace type;
             # see complete.py), so that plain commands never import the completion module.
-            from kas.cli.complete import register
+            from kas.cli.shells import register
 
             register()
         return super().main(*args, **kwargs)

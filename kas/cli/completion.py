@@ -11,10 +11,10 @@ COMPLETE_VAR = "_KAS_COMPLETE"
 def completion_script(shell: str) -> str:
     """The script of kas's completion class for ``shell``; the same text is committed under completions/.
 
-    kas's classes, not Click's: their scripts know the ``nospace`` item type (see kas.cli.complete).
+    kas's classes, not Click's: their scripts know the ``nospace`` item type (see kas.cli.shells).
     """
     from kas.cli import main
-    from kas.cli.complete import COMPLETERS
+    from kas.cli.shells import COMPLETERS
 
     return COMPLETERS[shell](main, {}, "kas", COMPLETE_VAR).source()
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import json
 import os
 import re
 import signal
@@ -21,7 +20,7 @@ from typing import Any, NoReturn
 
 import click
 
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+_CONTROL = r"[\x00-\x08\x0b-\x1f\x7f-\x9f]"
 COLOURS = {
     "ok": "green",
     "warn": "yellow",
@@ -41,9 +40,9 @@ COLOURS = {
 def safe(text: object) -> str:
     """``text`` with control characters (escape sequences, newlines) shown as escapes, not obeyed."""
     shown = str(text)
-    if not _CONTROL.search(shown):
+    if shown.isprintable():
         return shown
-    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], shown)
+    return re.sub(_CONTROL, lambda m: repr(m.group())[1:-1], shown)
 
 
 class Styled(str):
@@ -120,11 +119,15 @@ class Output:
         return Styled(click.style(padded, fg=colour)) if colour and self.colour else padded
 
     def json(self, data: Any) -> None:
+        import json
+
         with self.lock:
             self._write(json.dumps(data, indent=2, default=str))
 
     def json_line(self, data: Any) -> None:
         """One JSON document on one line (event streams)."""
+        import json
+
         with self.lock:
             self._write(json.dumps(data, default=str))
 

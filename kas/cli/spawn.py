@@ -59,7 +59,7 @@ def spawn(
     resolved = app.resolve(quiet=as_json)
     chosen = choose_mode(mode, None, resolved.settings.execution_mode)
     if dry_run:
-        from kas.launch.prepare import describe
+        from kas.launch.describe import describe
 
         dry = describe(resolved, command, chosen, os.environ)
         if as_json:

@@ -8,23 +8,21 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import NamedTuple
 
 from kas import platform as host
 from kas.errors import LaunchError
 from kas.resolver import ResolvedProfile, build_env, wrap_argv
 
 
-@dataclass(frozen=True)
-class Prepared:
+class Prepared(NamedTuple):
     """What will be executed: the wrapped argv, the env it adds or forces, and the wrapper alone."""
 
     argv: list[str]
     env: dict[str, str]
     prefix: list[str]
-    warnings: tuple[str, ...] = field(default=())
+    warnings: tuple[str, ...] = ()
 
     def full_env(self, caller_env: Mapping[str, str]) -> dict[str, str]:
         """The agent's whole environment: the caller's, plus hints for unset names and forced values."""
@@ -51,49 +49,3 @@ def ensure_command(argv: Sequence[str], cwd: Path, env: Mapping[str, str]) -> No
             raise LaunchError(f"permission denied: {name} is not executable")
     elif shutil.which(name, path=env.get("PATH", os.defpath)) is None:
         raise LaunchError(f"command not found: {name} (not on PATH)")
-
-
-@dataclass(frozen=True)
-class DryRun:
-    """What ``kas spawn --dry-run`` reports: exactly what a launch in this mode would execute."""
-
-    mode: str
-    profile: str
-    argv: list[str]
-    env: dict[str, str]
-    forced: tuple[str, ...]
-    autogroup_nice: int
-    extra: Mapping[str, str]
-    warnings: tuple[str, ...]
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "mode": self.mode,
-            "profile": self.profile,
-            "argv": self.argv,
-            "env": self.env,
-            "forced": list(self.forced),
-            # Not part of the argv: written to /proc/<pid>/autogroup right after launch (0 = left alone).
-            "autogroup_nice": self.autogroup_nice,
-            **self.extra,
-        }
-
-
-def describe(
-    resolved: ResolvedProfile, argv: Sequence[str], mode: str, caller_env: Mapping[str, str]
-) -> DryRun:
-    """The dry run of a launch: the same ``prepare`` a launch uses, plus what the mode adds."""
-    from kas.launch.modes import launcher_for
-    from kas.launch.session import autogroup_here
-
-    prepared = prepare(resolved, argv, caller_env)
-    return DryRun(
-        mode=mode,
-        profile=resolved.name,
-        argv=prepared.argv,
-        env=prepared.env,
-        forced=tuple(k for k in prepared.env if k in resolved.env),
-        autogroup_nice=autogroup_here(resolved),
-        extra=launcher_for(mode).describe(prepared),
-        warnings=prepared.warnings,
-    )
