@@ -16,6 +16,7 @@ from typing import Any
 from kas import lifecycle
 from kas.launch.base import Handle
 from kas.launch.modes import launcher_for
+from kas.logwriter import rotated
 from kas.registry import Instance, Registry
 from kas.statedir import state_dir
 from kas.status import (
@@ -161,7 +162,7 @@ def prune(
     for inst in gone:
         paths = handle(inst).discard()  # what the mode kept (a tmux window, its status record)
         if inst.log_path and not keep_logs:
-            paths.append(Path(inst.log_path))
+            paths += [Path(inst.log_path), rotated(Path(inst.log_path))]
         for path in paths:
             if path.resolve().is_relative_to(root):
                 with contextlib.suppress(FileNotFoundError):  # a concurrent prune may be first

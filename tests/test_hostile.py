@@ -211,3 +211,24 @@ def test_a_row_without_a_proven_identity_is_never_signalled(kas, project: Path) 
     finally:
         innocent.kill()
         innocent.wait()
+
+
+@pytest.mark.parametrize("mode", ["sdk", "tmux"])
+def test_an_agent_that_prints_forever_cannot_fill_the_disk(project: Path, mode: str, request) -> None:
+    if mode == "tmux":
+        request.getfixturevalue("tmux_socket")
+    # 3 MB of output against a 1 MB limit: the log rotates once or more, and both files stay bounded.
+    code = "import sys\nfor _ in range(3000): sys.stdout.write('x' * 1023 + '\\n')"
+    (project / "plan.toml").write_text(
+        f'[[waves]]\n[[waves.tasks]]\nid = "loud"\ncommand = {json.dumps([sys.executable, "-c", code])}\n'
+    )
+    env = {**os.environ, "KAS_LOG_MAX": "1M"}
+    result = kas_run(project, "wave", "run", "--yes", "--mode", mode, "plan.toml", env=env)
+    assert result.returncode == 0, result.stderr
+    log = next(Path(os.environ["KAS_STATE_DIR"]).glob("logs/run-*/loud.log"))
+    older = log.with_name("loud.log.1")
+    assert older.exists() and older.stat().st_size <= 1024 * 1024
+    assert log.stat().st_size <= 1024 * 1024
+    assert oct(older.stat().st_mode & 0o777) == "0o600"
+    pruned = kas_run(project, "instance", "prune", "--json")
+    assert json.loads(pruned.stdout)["files_removed"] >= 2 and not older.exists()

@@ -112,12 +112,21 @@ def test_cap_two_runs_at_most_two_in_plan_order_at_the_profile_priority(kas, pro
 
 
 def test_cap_zero_starts_every_task_at_once(kas, project: Path) -> None:
+    """A barrier, not a stopwatch: each task ends only once all four are running (or fails after 20 s)."""
     ids = ["a", "b", "c", "d"]
-    plan = write_plan(project, [[(i, 0.8, 0) for i in ids]])
-    result = kas("wave", "run", "--yes", "--set", "max_parallel_wave_tasks=0", str(plan))
-    assert result.returncode == 0, result.stderr
-    recs = records(project, ids)
-    assert max(r["start"] for r in recs.values()) < min(r["end"] for r in recs.values())
+    code = (
+        "import pathlib, sys, time; d = pathlib.Path(sys.argv[1]); (d / sys.argv[2]).touch(); end = time.time() + 20\n"
+        "while len(list(d.iterdir())) < 4 and time.time() < end: time.sleep(0.02)\n"
+        "sys.exit(0 if len(list(d.iterdir())) == 4 else 1)"
+    )
+    (project / "started").mkdir()
+    tasks = "".join(
+        f'[[waves.tasks]]\nid = "{i}"\ncommand = {json.dumps([sys.executable, "-c", code, str(project / "started"), i])}\n'
+        for i in ids
+    )
+    (project / "plan.toml").write_text(f"[[waves]]\n{tasks}")
+    result = kas("wave", "run", "--yes", "--set", "max_parallel_wave_tasks=0", "plan.toml")
+    assert result.returncode == 0, result.stdout
 
 
 def test_a_failure_promotes_the_next_and_the_run_exits_1(kas, project: Path) -> None:

@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -22,6 +23,7 @@ from kas.errors import KasError, LaunchError
 from kas.launch.base import LaunchSpec, Poll, SpawnOutcome
 from kas.launch.groups import STOP_SIGNALS, exit_code, signal_group, stop_group
 from kas.launch.session import lower_group
+from kas.logwriter import pump
 
 if TYPE_CHECKING:
     from kas.launch.prepare import Prepared
@@ -108,6 +110,9 @@ def reclaim_terminal(fd: int) -> None:
         signal.signal(signal.SIGTTOU, previous)
 
 
+DRAIN = 1.0  # seconds to let the log catch up with an agent that has ended
+
+
 class SdkHandle:
     """An agent process: our own child (``proc``), or one found again by pid and kernel start time."""
 
@@ -118,10 +123,16 @@ class SdkHandle:
         self.target: str | None = None
         self.create_time = create_time
         self.proc = proc
+        self.pump: threading.Thread | None = None  # copies its output into the log
 
     def wait(self) -> int | None:
         if self.proc is not None:
-            return exit_code(self.proc.wait())
+            status = exit_code(self.proc.wait())
+            if self.pump is not None:
+                # Every byte is in the log before anyone reads it as complete; a process the agent left
+                # behind that still holds its output is not waited for.
+                self.pump.join(DRAIN)
+            return status
         from kas.probe import wait_gone
 
         if self.pid:
@@ -162,21 +173,28 @@ class SdkLauncher:
     always_detached = False
 
     def start(self, spec: LaunchSpec) -> SdkHandle:
-        target = os.open(spec.log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600) if spec.log else None
-        out = subprocess.DEVNULL if target is None else target
+        """Output goes through a pipe into the bounded log (see kas.logwriter), or nowhere."""
+        reader, writer = os.pipe() if spec.log else (-1, subprocess.DEVNULL)
         try:
             proc = popen(
                 spec.prepared.argv,
                 spec.env,
                 spec.cwd,
-                stdout=out,
-                stderr=out,
+                stdout=writer,
+                stderr=writer,
                 dies_with_parent=spec.dies_with_caller,
             )
+        except LaunchError:
+            if spec.log:
+                os.close(reader)
+            raise
         finally:
-            if target is not None:
-                os.close(target)
-        return SdkHandle(proc.pid, proc=proc)
+            if spec.log:
+                os.close(writer)
+        handle = SdkHandle(proc.pid, proc=proc)
+        if spec.log:
+            handle.pump = pump(reader, spec.log)
+        return handle
 
     def spawn(self, spec: LaunchSpec, registry: Registry, *, foreground: bool) -> SpawnOutcome:
         if foreground:

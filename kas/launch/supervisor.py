@@ -24,7 +24,8 @@ from typing import Any
 
 from kas.errors import KasError, LaunchError
 from kas.launch.groups import exit_code, signal_group, stop_group
-from kas.launch.sdk import popen
+from kas.launch.sdk import DRAIN, popen
+from kas.logwriter import RotatingLog, pump
 
 
 def detached() -> int:
@@ -37,17 +38,19 @@ def detached() -> int:
     except KasError as exc:
         print(f"error {exc}", flush=True)
         return 2
-    fd = os.open(spec["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    reader, writer = os.pipe()  # output goes through the bounded log writer (kas.logwriter)
     try:
-        proc = popen(spec["argv"], spec["env"], Path(spec["cwd"]), stdout=fd, stderr=fd)
+        proc = popen(spec["argv"], spec["env"], Path(spec["cwd"]), stdout=writer, stderr=writer)
     except LaunchError as exc:
+        os.close(reader)
         with contextlib.suppress(KasError):
             lifecycle.mark_failed(registry, spec["id"], log_path=spec["log"])
-        os.write(fd, f"kas: {exc}\n".encode())
+        RotatingLog(Path(spec["log"])).write(f"kas: {exc}\n".encode())
         print(f"error {exc}", flush=True)
         return 2
     finally:
-        os.close(fd)
+        os.close(writer)
+    copier = pump(reader, Path(spec["log"]))
     try:
         lifecycle.mark_running(registry, spec["id"], proc.pid, log_path=spec["log"])
     except KasError as exc:
@@ -62,6 +65,7 @@ def detached() -> int:
     os.close(2)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     status = exit_code(proc.wait())
+    copier.join(DRAIN)
     for pause in (0.0, 1.0, 5.0, 30.0):  # nobody is left to tell: try again before giving up on the row
         time.sleep(pause)
         with contextlib.suppress(KasError):
@@ -74,6 +78,7 @@ def pane(spec_file: Path) -> int:
     spec: dict[str, Any] = json.loads(spec_file.read_text())
     spec_file.unlink(missing_ok=True)  # it holds the agent's environment
     tmux = [*spec["tmux"]]
+    copier = _copy_pane_output(spec["fifo"], spec["log"]) if spec.get("fifo") else None
     terminal = 0 if os.isatty(0) else None
     try:
         proc = popen(spec["argv"], spec["env"], Path(spec["cwd"]), stdin=None, terminal=terminal)
@@ -91,13 +96,33 @@ def pane(spec_file: Path) -> int:
         _die_with(spec["owner"], proc.pid)
     _say(spec["ready"], {"pid": proc.pid}, tmux, spec["ready_channel"])
     status = exit_code(proc.wait())
-    _write(spec["status"], str(status))
     pane_id = os.environ.get("TMUX_PANE")
     quiet = subprocess.DEVNULL
     if pane_id:  # end the log pipe now: nothing of the agent's may linger once its status is known
         subprocess.run([*tmux, "pipe-pane", "-t", pane_id], stdout=quiet, stderr=quiet, check=False)
+    if copier is not None:
+        copier.join(DRAIN)
+        Path(spec["fifo"]).unlink(missing_ok=True)
+    _write(spec["status"], str(status))
     subprocess.run([*tmux, "wait-for", "-S", spec["done_channel"]], stdout=quiet, stderr=quiet, check=False)
+    if pane_id and not spec.get("keep_window", True):
+        subprocess.run([*tmux, "kill-pane", "-t", pane_id], stdout=quiet, stderr=quiet, check=False)
     return status
+
+
+def _copy_pane_output(fifo: str, log: str) -> Any:
+    """Copy what tmux's pipe-pane sends through the FIFO into the bounded log, in a thread.
+
+    Opening a FIFO waits for its writer (pipe-pane's cat), so the thread does it, not the runner.
+    """
+    import threading
+
+    def run() -> None:
+        pump(os.open(fifo, os.O_RDONLY), Path(log)).join()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
 
 
 def _die_with(owner: int, agent: int) -> None:

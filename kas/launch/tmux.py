@@ -36,6 +36,7 @@ PLACEHOLDER = "exec tail -f /dev/null"
 SESSION_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}\Z")
 ANSWER_TIMEOUT = 2.0  # a tmux server that does not answer in this long is reported, not waited for
 READY_TIMEOUT = 20.0
+KEEP_WINDOWS_ENV = "KAS_TMUX_KEEP_WINDOWS"
 
 
 @dataclass(frozen=True)
@@ -250,6 +251,10 @@ class TmuxLauncher:
         status_path(spec.inst_id).unlink(missing_ok=True)
         ready = spec_file.with_suffix(".ready")
         ready.unlink(missing_ok=True)
+        fifo = spec_file.with_suffix(".pipe")
+        fifo.unlink(missing_ok=True)
+        if spec.log is not None:
+            os.mkfifo(fifo, 0o600)
         _write_private(
             spec_file,
             {
@@ -263,6 +268,10 @@ class TmuxLauncher:
                 "ready_channel": channel(spec.inst_id, "ready"),
                 "tmux": tmux_argv(self.socket),
                 "owner": os.getpid() if spec.dies_with_caller else None,
+                "log": str(spec.log) if spec.log else None,
+                "fifo": str(fifo) if spec.log else None,
+                # The window stays once the agent ended, so its last screen can be read (prune removes it).
+                "keep_window": os.environ.get(KEEP_WINDOWS_ENV, "1") != "0",
             },
         )
         server = _server(self.socket)
@@ -286,7 +295,8 @@ class TmuxLauncher:
                 )
             )
             if spec.log is not None:
-                pipe = "exec cat >> " + shlex.quote(str(spec.log))
+                # The pane's output goes through a private FIFO to the runner, which writes the bounded log.
+                pipe = "exec cat > " + shlex.quote(str(fifo))
                 _check(server.cmd("pipe-pane", "-t", pane_id, argument(literal(pipe))))
             package_root = str(Path(__file__).resolve().parents[2])
             command = "exec " + shlex.join(runner_argv(spec_file))
