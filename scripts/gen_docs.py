@@ -48,6 +48,15 @@ ENVIRONMENT = {
         r"Seconds to wait for another process's lock on \fIinstances.db\fP before giving up with "
         "exit status 1 (default: 30; 0 = do not wait). Anything but a number of seconds is an error."
     ),
+    "KAS_LOG_MAX": (
+        r"The most an agent's log may hold, in bytes or with a K, M or G suffix (default: 64M; 0 = no "
+        r"limit). A log that would grow past it is renamed \fINAME\fP.1 (replacing an older one) and a "
+        "new one starts, so an agent that prints forever cannot fill the disk."
+    ),
+    "KAS_TMUX_KEEP_WINDOWS": (
+        "With 0, a tmux agent's window closes once its exit status is recorded. By default it stays, "
+        r"so its last screen can be read; \fBkas instance prune\fP removes it."
+    ),
     "NO_COLOR": (
         "When set, to any value, kas prints no colours. Without it, colours are used only on a "
         r"terminal, and never with \fB\-\-json\fP."
@@ -78,8 +87,9 @@ FILES = {
     ),
     f"{STATE}/logs/": (
         r"Output of detached and tmux agents (\fIID\fP.log) and of wave tasks "
-        r"(run\-\fIRUN\fP/\fITASK\fP.log), each file mode 0600; \fBkas instance prune\fP deletes those "
-        r"of the rows it forgets (unless \fB\-\-keep\-logs\fP)."
+        r"(run\-\fIRUN\fP/\fITASK\fP.log), each file mode 0600 and bounded by \fB$KAS_LOG_MAX\fP (an older "
+        r"part is \fINAME\fP.1); a run's run.json records what \fBkas wave run \-\-resume\fP needs. "
+        r"\fBkas instance prune\fP deletes those of the rows it forgets (unless \fB\-\-keep\-logs\fP)."
     ),
     f"{STATE}/status/": (
         "tmux agents' launch specs and exit statuses, written for kas by the small runner in each "
@@ -88,9 +98,9 @@ FILES = {
 }
 
 # Which of the above each page describes: kas(1) all of them, a subcommand what it uses.
-STATE_VARS = ["KAS_STATE_DIR", "XDG_STATE_HOME", "KAS_DB_BUSY_TIMEOUT"]
+STATE_VARS = ["KAS_STATE_DIR", "XDG_STATE_HOME", "KAS_DB_BUSY_TIMEOUT", "KAS_LOG_MAX"]
 STATE_FILES = [f"{STATE}/", f"{STATE}/instances.db", f"{STATE}/logs/"]
-TMUX_VARS = ["KAS_TMUX_SOCKET", "KAS_TMUX_SESSION"]
+TMUX_VARS = ["KAS_TMUX_SOCKET", "KAS_TMUX_SESSION", "KAS_TMUX_KEEP_WINDOWS"]
 CONFIG = ".kasmos/config.toml"
 PAGE_SECTIONS: dict[str, tuple[list[str], list[str]]] = {
     "kas.1": (list(ENVIRONMENT), list(FILES)),

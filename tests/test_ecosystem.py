@@ -101,7 +101,7 @@ def test_kas_man_page_has_every_environment_variable_and_file() -> None:
     sections = man_sections(ROOT / "man" / "kas.1")
     documented = re.findall(r"^\.B (\S+)$", sections["ENVIRONMENT"], re.M)
     named = {"KASMOS_CONFIG", "KAS_STATE_DIR", "KAS_TMUX_SOCKET", "KAS_TMUX_SESSION", "XDG_STATE_HOME",
-             "KAS_DB_BUSY_TIMEOUT", "NO_COLOR", CONFIG_ENV, BUSY_ENV, STATE_ENV}  # fmt: skip
+             "KAS_DB_BUSY_TIMEOUT", "KAS_LOG_MAX", "KAS_TMUX_KEEP_WINDOWS", "NO_COLOR", CONFIG_ENV, BUSY_ENV, STATE_ENV}  # fmt: skip
     envvars = {p.envvar for _, c in every_command() for p in c.params if isinstance(p.envvar, str)}
     assert envvars, "no option reads the environment any more?"
     assert named | envvars <= set(documented), sorted((named | envvars) - set(documented))
