@@ -275,3 +275,23 @@ def test_the_readme_lists_every_status_name() -> None:
     readme = (KAS_ROOT.parent / "README.md").read_text()
     table = readme.split("### Statuses", 1)[1].split("###", 1)[0]
     assert {line.split("`")[1] for line in table.splitlines() if line.startswith("| `")} == set(MEANING)
+
+
+def test_check_keeps_every_row_and_fails_its_verdict_on_a_broken_config_or_a_missing_nice(
+    write_config, tmp_path: Path, monkeypatch
+) -> None:
+    write_config('[resources]\nprofile = "fast"\n')
+    rows = {c["name"]: c for c in json.loads(cli("check", "--json").stdout)["checks"]}
+    assert rows["config"]["status"] == "fail"
+    assert {"autogroup", "cgroup", "I/O scheduler"} <= set(rows) and rows["verdict"]["status"] == "fail"
+    write_config('[resources]\nprofile = "interactive"\n')
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    for tool in ("ionice", "tmux"):
+        (tools / tool).symlink_to(f"/usr/bin/{tool}")
+    monkeypatch.setenv("PATH", str(tools))
+    result = cli("check", "--json")
+    rows = {c["name"]: c for c in json.loads(result.stdout)["checks"]}
+    assert result.exit_code == 1
+    assert rows["nice on PATH"]["status"] == "fail" and rows["verdict"]["status"] == "fail"
+    assert "nice is missing" in rows["verdict"]["detail"]
