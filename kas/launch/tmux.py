@@ -368,18 +368,24 @@ def _server(socket: str | None) -> Any:
 
 
 def _session(server: Any, name: str) -> str:
-    """The agents' session id, created on first use; another kas creating it at the same moment is fine."""
+    """The agents' session id, created on first use; another kas creating it at the same moment is fine.
+
+    Asked for by its id alone: libtmux's session objects parse every format of every session, and a
+    session path with a newline in it (the directory kas was started from) breaks that parse.
+    """
     from libtmux.exc import LibTmuxException
 
-    session = server.sessions.get(session_name=name, default=None)
-    if session is None:
-        try:
-            session = server.new_session(session_name=name, window_name="kas", attach=False)
-        except LibTmuxException:
-            session = server.sessions.get(session_name=name, default=None)
-            if session is None:
-                raise
-    return str(session.session_id)
+    def find() -> str | None:
+        found = server.cmd("display-message", "-p", "-t", f"={name}:", "#{session_id}")
+        return str(found.stdout[0]) if found.returncode == 0 and found.stdout else None
+
+    session_id = find()
+    if session_id is None:
+        made = server.cmd("new-session", "-d", "-P", "-F", "#{session_id}", "-s", name, "-n", "kas")
+        session_id = str(made.stdout[0]) if made.returncode == 0 and made.stdout else find()
+        if session_id is None:
+            raise LibTmuxException(" ".join(made.stderr) or f"cannot create the tmux session {name!r}")
+    return session_id
 
 
 def _check(result: Any) -> Any:
