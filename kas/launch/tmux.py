@@ -240,12 +240,13 @@ class TmuxLauncher:
 
     def __init__(self, socket: str | None = None, session: str = "kas") -> None:
         self.socket = socket
-        self.session = session
+        # Checked here, not at the first start: a wave must refuse a bad name before any task starts,
+        # not fail every task with it.
+        self.session = check_session_name(session)
 
     def start(self, spec: LaunchSpec) -> TmuxHandle:
         from libtmux.exc import LibTmuxException
 
-        check_session_name(self.session)
         spec_file = private_dir(state_dir() / "status") / f"{spec.inst_id}.spec"
         status_path(spec.inst_id).unlink(missing_ok=True)
         ready = spec_file.with_suffix(".ready")
