@@ -266,6 +266,7 @@ class TmuxLauncher:
             },
         )
         server = _server(self.socket)
+        pane_id: str | None = None
         try:
             session_id = _session(server, self.session)
             # A placeholder runs until the options, hook and log pipe are in place, so no output is lost.
@@ -295,9 +296,15 @@ class TmuxLauncher:
                     "respawn-pane", "-k", "-t", pane_id, argument(f"-ePYTHONPATH={package_root}"), command
                 )
             )
-        except LibTmuxException as exc:
+        except BaseException as exc:
+            # Nothing of a failed start stays: not the spec (it holds the environment), nor a window whose
+            # placeholder would run on for ever.
             spec_file.unlink(missing_ok=True)
-            raise LaunchError(f"tmux: {exc}") from None
+            if pane_id is not None:
+                kill(self.socket, pane_id)
+            if isinstance(exc, LibTmuxException):
+                raise LaunchError(f"tmux: {exc}") from None
+            raise
         pid = self._await_ready(pane_id, spec, ready)
         return TmuxHandle(self.socket, spec.inst_id, pane_id, pid)
 
