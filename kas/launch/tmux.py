@@ -1,11 +1,12 @@
 """tmux mode: one window per agent, through libtmux, on the user's server or a named socket.
 
 The pane runs kas's small agent runner (``kas.launch.supervisor --pane``), which starts the wrapped
-command with exactly the environment and directory kas chose, gives it the pane's terminal, records its
-exit status and closes the pane's log pipe when it ends. tmux itself never sees a user's directory,
-command or environment as a format or a command string: the runner reads them from a private file. The
-window keeps its pane after the command exits (``remain-on-exit``) so its last screen can be read.
-libtmux is imported inside the functions that need it.
+command with exactly the environment and directory kas chose (the caller's environment, not the tmux
+server's, with the variables tmux sets to describe the pane: ``PANE_ENV``), gives it the pane's
+terminal, records its exit status and closes the pane's log pipe when it ends. tmux itself never sees a
+user's directory, command or environment as a format or a command string: the runner reads them from a
+private file. The window keeps its pane after the command exits (``remain-on-exit``) so its last screen
+can be read. libtmux is imported inside the functions that need it.
 """
 
 from __future__ import annotations
@@ -33,6 +34,9 @@ if TYPE_CHECKING:
     from kas.registry import Instance, Registry
 
 PLACEHOLDER = "exec tail -f /dev/null"
+# What tmux sets in a pane to describe it: the terminal an agent runs on is its pane, not the caller's
+# terminal (a caller inside another tmux would otherwise hand the agent that server's TMUX and pane).
+PANE_ENV = ("TERM", "TMUX", "TMUX_PANE", "TERM_PROGRAM", "TERM_PROGRAM_VERSION")
 SESSION_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}\Z")
 ANSWER_TIMEOUT = 2.0  # a tmux server that does not answer in this long is reported, not waited for
 READY_TIMEOUT = 20.0
@@ -256,6 +260,7 @@ class TmuxLauncher:
             {
                 "argv": spec.prepared.argv,
                 "env": dict(spec.env),
+                "from_pane": [name for name in PANE_ENV if name not in spec.prepared.env],  # not forced
                 "cwd": str(spec.cwd),
                 "autogroup_nice": spec.autogroup_nice,
                 "status": str(status_path(spec.inst_id)),
