@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import subprocess
+import threading
+import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from kas.launch.tmux import TmuxLauncher
+from kas.registry import Instance
 from tests.helpers import agent_argv, make_fifo, read_report
-from tests.tmuxtools import MARK, kas_env, leftovers, popen_kas, server_pid, tmux
+from tests.tmuxtools import MARK, kas_env, leftovers, popen_kas, run_kas, server_pid, tmux
 
 # What tmux itself sets in every pane, and so what a tmux agent sees differently from the same agent in
 # sdk mode. Each describes the terminal the agent runs on, which is the pane and not the caller's:
@@ -82,3 +91,86 @@ def test_a_tmux_agent_gets_the_callers_environment_not_the_servers(
     other = tmux(tmux_socket, "list-panes", "-t", "=other", "-F", "#{pane_pid}").stdout.split()
     kas_window = tmux(tmux_socket, "list-panes", "-t", "=kas:0", "-F", "#{pane_pid}").stdout.split()
     assert leftovers(mark, {pid or 0, *map(int, other + kas_window)}) == []
+
+
+@pytest.fixture
+def stopped_server(tmux_socket: str) -> Iterator[Callable[[], int]]:
+    """Stop the private server (SIGSTOP) when asked; it is always continued in teardown, even on failure."""
+    stopped: list[int] = []
+
+    def stop() -> int:
+        pid = server_pid(tmux_socket)
+        assert pid is not None
+        os.kill(pid, signal.SIGSTOP)
+        stopped.append(pid)
+        return pid
+
+    yield stop
+    for pid in stopped:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
+
+
+def test_instance_list_answers_quickly_about_a_stopped_tmux_server(
+    project: Path, tmux_socket: str, stopped_server: Callable[[], int]
+) -> None:
+    """Three agents on a stopped server: one timeout for the server, not one per row; rows are 'unknown'."""
+    env = kas_env(**{MARK: uuid.uuid4().hex})
+    ids = []
+    for name in ("a1", "a2", "a3"):
+        started = run_kas(
+            "spawn", "--mode", "tmux", "--json", "--name", name, "--", "sleep", "60", env=env, cwd=project
+        )
+        assert started.returncode == 0, started.stderr
+        ids.append(json.loads(started.stdout)["id"])
+    server = stopped_server()
+
+    for args in (["instance", "list"], ["instance", "list", "--json"]):
+        began = time.monotonic()
+        listed = run_kas(*args, env=env, cwd=project)
+        took = time.monotonic() - began
+        assert listed.returncode == 0 and listed.stderr == "", listed.stderr
+        assert took < 5, f"kas {' '.join(args)} took {took:.1f}s"
+        if "--json" in args:
+            assert {row["id"]: row["status"] for row in json.loads(listed.stdout)} == dict.fromkeys(
+                ids, "unknown"
+            )
+        else:
+            rows = {line.split()[0]: line.split()[2] for line in listed.stdout.splitlines()[1:]}
+            assert rows == dict.fromkeys(ids, "unknown"), listed.stdout
+    shown = run_kas("instance", "show", ids[0], env=env, cwd=project)
+    assert shown.returncode == 0 and "unknown" in shown.stdout, shown.stderr
+
+    os.kill(server, signal.SIGCONT)
+    stopped = run_kas("instance", "stop", "--grace", "2", "--json", *ids, env=env, cwd=project)
+    assert stopped.returncode == 0, stopped.stderr
+    assert {row["status"] for row in json.loads(stopped.stdout)} == {"stopped"}
+    kas_window = tmux(tmux_socket, "list-panes", "-t", "=kas:0", "-F", "#{pane_pid}").stdout.split()
+    assert leftovers(env[MARK], {server, *map(int, kas_window)}) == []
+
+
+def test_waiting_for_an_agent_of_a_stopped_server_does_not_spin(
+    project: Path, tmux_socket: str, stopped_server: Callable[[], int]
+) -> None:
+    """Once the server is taken as not answering, a wait (a wave's, ``logs -f``'s) goes on at the pace of
+    its channel, not in a busy loop, and ends with the status the runner recorded."""
+    env = kas_env(**{MARK: uuid.uuid4().hex})
+    started = run_kas("spawn", "--mode", "tmux", "--json", "--", "sleep", "4", env=env, cwd=project)
+    assert started.returncode == 0, started.stderr
+    handle = TmuxLauncher(tmux_socket).attach(Instance(**json.loads(started.stdout)))
+    server = stopped_server()
+    result: dict[str, Any] = {}
+
+    def wait() -> None:
+        began = time.thread_time()
+        result["status"] = handle.wait()
+        result["cpu"] = time.thread_time() - began
+
+    waiter = threading.Thread(target=wait)
+    waiter.start()
+    waiter.join(30)
+    os.kill(server, signal.SIGCONT)
+    assert result["status"] == 0
+    assert result["cpu"] < 0.5, f"the wait used {result['cpu']:.2f}s of CPU"
+    kas_window = tmux(tmux_socket, "list-panes", "-t", "=kas:0", "-F", "#{pane_pid}").stdout.split()
+    assert leftovers(env[MARK], {server, *map(int, kas_window)}) == []

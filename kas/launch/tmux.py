@@ -39,7 +39,9 @@ PLACEHOLDER = "exec tail -f /dev/null"
 PANE_ENV = ("TERM", "TMUX", "TMUX_PANE", "TERM_PROGRAM", "TERM_PROGRAM_VERSION")
 SESSION_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}\Z")
 ANSWER_TIMEOUT = 2.0  # a tmux server that does not answer in this long is reported, not waited for
+SILENT_FOR = 10.0  # and is then taken as not answering for this long, without asking
 READY_TIMEOUT = 20.0
+_silent: dict[str | None, float] = {}  # socket -> until when it is taken as not answering
 
 
 @dataclass(frozen=True)
@@ -101,12 +103,22 @@ def runner_argv(spec_file: Path) -> list[str]:
 
 
 def _run(socket: str | None, *args: str, timeout: float = ANSWER_TIMEOUT) -> subprocess.CompletedProcess[str]:
+    """Run one tmux command; ``NoAnswer`` if the server does not answer in ``timeout``.
+
+    A server that did not answer is not asked again for ``SILENT_FOR`` seconds: ``kas instance list`` on a
+    stopped server pays one timeout, not one per row.
+    """
+    if time.monotonic() < _silent.get(socket, 0.0):
+        raise NoAnswer
     try:
-        return subprocess.run(
+        done = subprocess.run(
             [*tmux_argv(socket), *map(argument, args)], capture_output=True, text=True, timeout=timeout
         )
     except subprocess.TimeoutExpired:
+        _silent[socket] = time.monotonic() + SILENT_FOR
         raise NoAnswer from None
+    _silent.pop(socket, None)
+    return done
 
 
 def pane_info(socket: str | None, pane_id: str, inst_id: str | None = None) -> PaneInfo | None:
@@ -189,7 +201,8 @@ class TmuxHandle:
                 return recorded
             try:
                 info = pane_info(self.socket, self.target, self.inst_id) if self.target else None
-            except NoAnswer:
+            except NoAnswer:  # the server is stopped or hung: wait on (and so at the pace of) its channel
+                wait_channel(self.socket, channel(self.inst_id), check_every)
                 continue
             if info is None or info.dead:
                 return read_status(self.inst_id) if info is None else info.exit_status
