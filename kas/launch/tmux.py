@@ -405,13 +405,18 @@ def _session(server: Any, name: str) -> str:
         found = server.cmd("display-message", "-p", "-t", f"={name}:", "#{session_id}")
         return str(found.stdout[0]) if found.returncode == 0 and found.stdout else None
 
-    session_id = find()
-    if session_id is None:
+    problem = f"cannot create the tmux session {name!r}"
+    # Asked again when the server exited as it was asked: its last session had just been closed (by the
+    # release of an earlier run); the next attempt starts a new server or finds one another kas started.
+    for _attempt in range(3):
+        session_id = find()
+        if session_id is not None:
+            return session_id
         made = server.cmd("new-session", "-d", "-P", "-F", "#{session_id}", "-s", name, "-n", "kas")
-        session_id = str(made.stdout[0]) if made.returncode == 0 and made.stdout else find()
-        if session_id is None:
-            raise LibTmuxException(" ".join(made.stderr) or f"cannot create the tmux session {name!r}")
-    return session_id
+        if made.returncode == 0 and made.stdout:
+            return str(made.stdout[0])
+        problem = " ".join(made.stderr) or problem
+    raise LibTmuxException(problem)
 
 
 def _check(result: Any) -> Any:
