@@ -7,7 +7,8 @@ Two forms, one job:
   registered row, and writes the agent's exit into the registry.
 - ``python -m kas.launch.supervisor --pane SPEC_FILE``: the command of a tmux agent's pane. It reads argv,
   environment and directory from the private spec file (so tmux never parses any of them), gives the agent
-  the pane's terminal, records its exit status for whoever waits, and closes the pane's log pipe.
+  the pane's terminal (and tmux's variables that describe it), records its exit status for whoever waits,
+  and closes the pane's log pipe.
 """
 
 from __future__ import annotations
@@ -80,8 +81,13 @@ def pane(spec_file: Path) -> int:
     tmux = [*spec["tmux"]]
     copier = _copy_pane_output(spec["fifo"], spec["log"]) if spec.get("fifo") else None
     terminal = 0 if os.isatty(0) else None
+    env = dict(spec["env"])
+    for name in spec.get("from_pane", []):  # the pane's terminal, not the caller's: tmux's values or none
+        env.pop(name, None)
+        if name in os.environ:
+            env[name] = os.environ[name]
     try:
-        proc = popen(spec["argv"], spec["env"], Path(spec["cwd"]), stdin=None, terminal=terminal)
+        proc = popen(spec["argv"], env, Path(spec["cwd"]), stdin=None, terminal=terminal)
     except LaunchError as exc:
         _say(spec["ready"], {"error": str(exc)}, tmux, spec["ready_channel"])
         print(f"kas: {exc}", file=sys.stderr)

@@ -1,11 +1,12 @@
 """tmux mode: one window per agent, through libtmux, on the user's server or a named socket.
 
 The pane runs kas's small agent runner (``kas.launch.supervisor --pane``), which starts the wrapped
-command with exactly the environment and directory kas chose, gives it the pane's terminal, records its
-exit status and closes the pane's log pipe when it ends. tmux itself never sees a user's directory,
-command or environment as a format or a command string: the runner reads them from a private file. The
-window keeps its pane after the command exits (``remain-on-exit``) so its last screen can be read.
-libtmux is imported inside the functions that need it.
+command with exactly the environment and directory kas chose (the caller's environment, not the tmux
+server's, with the variables tmux sets to describe the pane: ``PANE_ENV``), gives it the pane's
+terminal, records its exit status and closes the pane's log pipe when it ends. tmux itself never sees a
+user's directory, command or environment as a format or a command string: the runner reads them from a
+private file. The window keeps its pane after the command exits (``remain-on-exit``) so its last screen
+can be read. libtmux is imported inside the functions that need it.
 """
 
 from __future__ import annotations
@@ -33,10 +34,15 @@ if TYPE_CHECKING:
     from kas.registry import Instance, Registry
 
 PLACEHOLDER = "exec tail -f /dev/null"
+# What tmux sets in a pane to describe it: the terminal an agent runs on is its pane, not the caller's
+# terminal (a caller inside another tmux would otherwise hand the agent that server's TMUX and pane).
+PANE_ENV = ("TERM", "TMUX", "TMUX_PANE", "TERM_PROGRAM", "TERM_PROGRAM_VERSION")
 SESSION_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}\Z")
 ANSWER_TIMEOUT = 2.0  # a tmux server that does not answer in this long is reported, not waited for
+SILENT_FOR = 10.0  # and is then taken as not answering for this long, without asking
 READY_TIMEOUT = 20.0
 KEEP_WINDOWS_ENV = "KAS_TMUX_KEEP_WINDOWS"
+_silent: dict[str | None, float] = {}  # socket -> until when it is taken as not answering
 
 
 @dataclass(frozen=True)
@@ -98,12 +104,22 @@ def runner_argv(spec_file: Path) -> list[str]:
 
 
 def _run(socket: str | None, *args: str, timeout: float = ANSWER_TIMEOUT) -> subprocess.CompletedProcess[str]:
+    """Run one tmux command; ``NoAnswer`` if the server does not answer in ``timeout``.
+
+    A server that did not answer is not asked again for ``SILENT_FOR`` seconds: ``kas instance list`` on a
+    stopped server pays one timeout, not one per row.
+    """
+    if time.monotonic() < _silent.get(socket, 0.0):
+        raise NoAnswer
     try:
-        return subprocess.run(
+        done = subprocess.run(
             [*tmux_argv(socket), *map(argument, args)], capture_output=True, text=True, timeout=timeout
         )
     except subprocess.TimeoutExpired:
+        _silent[socket] = time.monotonic() + SILENT_FOR
         raise NoAnswer from None
+    _silent.pop(socket, None)
+    return done
 
 
 def pane_info(socket: str | None, pane_id: str, inst_id: str | None = None) -> PaneInfo | None:
@@ -186,7 +202,8 @@ class TmuxHandle:
                 return recorded
             try:
                 info = pane_info(self.socket, self.target, self.inst_id) if self.target else None
-            except NoAnswer:
+            except NoAnswer:  # the server is stopped or hung: wait on (and so at the pace of) its channel
+                wait_channel(self.socket, channel(self.inst_id), check_every)
                 continue
             if info is None or info.dead:
                 return read_status(self.inst_id) if info is None else info.exit_status
@@ -241,12 +258,13 @@ class TmuxLauncher:
 
     def __init__(self, socket: str | None = None, session: str = "kas") -> None:
         self.socket = socket
-        self.session = session
+        # Checked here, not at the first start: a wave must refuse a bad name before any task starts,
+        # not fail every task with it.
+        self.session = check_session_name(session)
 
     def start(self, spec: LaunchSpec) -> TmuxHandle:
         from libtmux.exc import LibTmuxException
 
-        check_session_name(self.session)
         spec_file = private_dir(state_dir() / "status") / f"{spec.inst_id}.spec"
         status_path(spec.inst_id).unlink(missing_ok=True)
         ready = spec_file.with_suffix(".ready")
@@ -260,6 +278,7 @@ class TmuxLauncher:
             {
                 "argv": spec.prepared.argv,
                 "env": dict(spec.env),
+                "from_pane": [name for name in PANE_ENV if name not in spec.prepared.env],  # not forced
                 "cwd": str(spec.cwd),
                 "autogroup_nice": spec.autogroup_nice,
                 "status": str(status_path(spec.inst_id)),
@@ -275,6 +294,7 @@ class TmuxLauncher:
             },
         )
         server = _server(self.socket)
+        pane_id: str | None = None
         try:
             session_id = _session(server, self.session)
             # A placeholder runs until the options, hook and log pipe are in place, so no output is lost.
@@ -305,9 +325,16 @@ class TmuxLauncher:
                     "respawn-pane", "-k", "-t", pane_id, argument(f"-ePYTHONPATH={package_root}"), command
                 )
             )
-        except LibTmuxException as exc:
+        except BaseException as exc:
+            # Nothing of a failed start stays: not the spec (it holds the environment), nor a window whose
+            # placeholder would run on for ever.
             spec_file.unlink(missing_ok=True)
-            raise LaunchError(f"tmux: {exc}") from None
+            fifo.unlink(missing_ok=True)
+            if pane_id is not None:
+                kill(self.socket, pane_id)
+            if isinstance(exc, LibTmuxException):
+                raise LaunchError(f"tmux: {exc}") from None
+            raise
         pid = self._await_ready(pane_id, spec, ready)
         from kas.probe import create_time
 
@@ -385,18 +412,29 @@ def _server(socket: str | None) -> Any:
 
 
 def _session(server: Any, name: str) -> str:
-    """The agents' session id, created on first use; another kas creating it at the same moment is fine."""
+    """The agents' session id, created on first use; another kas creating it at the same moment is fine.
+
+    Asked for by its id alone: libtmux's session objects parse every format of every session, and a
+    session path with a newline in it (the directory kas was started from) breaks that parse.
+    """
     from libtmux.exc import LibTmuxException
 
-    session = server.sessions.get(session_name=name, default=None)
-    if session is None:
-        try:
-            session = server.new_session(session_name=name, window_name="kas", attach=False)
-        except LibTmuxException:
-            session = server.sessions.get(session_name=name, default=None)
-            if session is None:
-                raise
-    return str(session.session_id)
+    def find() -> str | None:
+        found = server.cmd("display-message", "-p", "-t", f"={name}:", "#{session_id}")
+        return str(found.stdout[0]) if found.returncode == 0 and found.stdout else None
+
+    problem = f"cannot create the tmux session {name!r}"
+    # Asked again when the server exited as it was asked: its last session had just been closed (by the
+    # release of an earlier run); the next attempt starts a new server or finds one another kas started.
+    for _attempt in range(3):
+        session_id = find()
+        if session_id is not None:
+            return session_id
+        made = server.cmd("new-session", "-d", "-P", "-F", "#{session_id}", "-s", name, "-n", "kas")
+        if made.returncode == 0 and made.stdout:
+            return str(made.stdout[0])
+        problem = " ".join(made.stderr) or problem
+    raise LibTmuxException(problem)
 
 
 def _check(result: Any) -> Any:
