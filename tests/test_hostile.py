@@ -54,6 +54,8 @@ PLAN_OK = '[[waves]]\n[[waves.tasks]]\nid = "t"\ncommand = ["true"]\n'
         (["wave", "run", "-j", "-1", "plan.toml"], 2, "-j"),
         (["spawn", "--tmux-session", "a:b;touch canary", "--mode", "tmux", "--", "true"], 2, "session name"),
         (["spawn", "--", f"./{CANARY}-missing"], 2, "command not found"),
+        (["spawn", "--mode", "tmux", "--tmux-socket", "../../tmp/x", "--", "true"], 2, "socket name"),
+        (["spawn", "--name", "a\nID      NAME fake", "--detach", "--", "true"], 0, ""),
         (["spawn", "--cwd", "/nonexistent", "--", "true"], 2, "--cwd"),
     ],
 )
@@ -232,3 +234,15 @@ def test_an_agent_that_prints_forever_cannot_fill_the_disk(project: Path, mode: 
     assert oct(older.stat().st_mode & 0o777) == "0o600"
     pruned = kas_run(project, "instance", "prune", "--json")
     assert json.loads(pruned.stdout)["files_removed"] >= 2 and not older.exists()
+
+
+def test_names_with_control_characters_are_shown_escaped(kas, project: Path) -> None:
+    name = "a\nID      NAME fake\x1b]0;pwned\x07"
+    row = json.loads(kas("spawn", "--detach", "--json", "--name", name, "--", "sleep", "30").stdout)
+    try:
+        assert row["name"] == name  # stored as given
+        table = kas("instance", "list").stdout
+        assert len(table.splitlines()) == 2  # the header and one row: no faked row
+        assert "\x1b" not in table and "\\x1b]0;pwned\\x07" in table and "a\\nID" in table
+    finally:
+        kas("instance", "stop", "--grace", "0", row["id"])

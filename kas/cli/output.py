@@ -20,7 +20,7 @@ from typing import Any, NoReturn
 
 import click
 
-_CONTROL = r"[\x00-\x08\x0b-\x1f\x7f-\x9f]"
+_CONTROL = r"[\x00-\x08\x0a-\x1f\x7f-\x9f]"  # all but tab: a newline in a name could fake a table row
 COLOURS = {
     "ok": "green",
     "warn": "yellow",

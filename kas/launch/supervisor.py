@@ -103,16 +103,15 @@ def pane(spec_file: Path) -> int:
     _say(spec["ready"], {"pid": proc.pid}, tmux, spec["ready_channel"])
     status = exit_code(proc.wait())
     pane_id = os.environ.get("TMUX_PANE")
-    quiet = subprocess.DEVNULL
     if pane_id:  # end the log pipe now: nothing of the agent's may linger once its status is known
-        subprocess.run([*tmux, "pipe-pane", "-t", pane_id], stdout=quiet, stderr=quiet, check=False)
+        _tmux(tmux, "pipe-pane", "-t", pane_id)
     if copier is not None:
         copier.join(DRAIN)
         Path(spec["fifo"]).unlink(missing_ok=True)
     _write(spec["status"], str(status))
-    subprocess.run([*tmux, "wait-for", "-S", spec["done_channel"]], stdout=quiet, stderr=quiet, check=False)
+    _tmux(tmux, "wait-for", "-S", spec["done_channel"])
     if pane_id and not spec.get("keep_window", True):
-        subprocess.run([*tmux, "kill-pane", "-t", pane_id], stdout=quiet, stderr=quiet, check=False)
+        _tmux(tmux, "kill-pane", "-t", pane_id)
     return status
 
 
@@ -149,6 +148,12 @@ def _die_with(owner: int, agent: int) -> None:
     threading.Thread(target=watch, daemon=True).start()
 
 
+def _tmux(tmux: list[str], *args: str) -> None:
+    """A tmux command that must never hang the runner: a stopped server gets 2 s, then is given up on."""
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        subprocess.run([*tmux, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=2)
+
+
 def _write(path: str, text: str) -> None:
     tmp = f"{path}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -159,8 +164,7 @@ def _write(path: str, text: str) -> None:
 
 def _say(path: str, answer: dict[str, Any], tmux: list[str], channel: str) -> None:
     _write(path, json.dumps(answer))
-    quiet = subprocess.DEVNULL
-    subprocess.run([*tmux, "wait-for", "-S", channel], stdout=quiet, stderr=quiet, check=False)
+    _tmux(tmux, "wait-for", "-S", channel)
 
 
 def main() -> int:

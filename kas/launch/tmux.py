@@ -83,6 +83,13 @@ def check_session_name(name: str) -> str:
     return name
 
 
+def check_socket_name(name: str | None) -> str | None:
+    """``tmux -L NAME`` joins NAME onto tmux's socket directory: a ``/`` or ``..`` would leave it."""
+    if name is not None and (not name or "/" in name or name in (".", "..") or not name.isprintable()):
+        raise LaunchError(f"tmux socket name {name!r} is not allowed; use a plain name such as 'agents'")
+    return name
+
+
 def channel(inst_id: str, what: str = "done") -> str:
     return f"kas-{what}-{inst_id}"
 
@@ -257,7 +264,7 @@ class TmuxLauncher:
     always_detached = True
 
     def __init__(self, socket: str | None = None, session: str = "kas") -> None:
-        self.socket = socket
+        self.socket = check_socket_name(socket)
         # Checked here, not at the first start: a wave must refuse a bad name before any task starts,
         # not fail every task with it.
         self.session = check_session_name(session)
