@@ -13,6 +13,8 @@ import signal
 import threading
 from pathlib import Path
 
+from kas.threads import background
+
 LIMIT_ENV = "KAS_LOG_MAX"
 DEFAULT_LIMIT = 64 * 1024 * 1024
 _UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
@@ -54,9 +56,9 @@ class RotatingLog:
         os.close(self.fd)
 
 
-def pump(fd: int, path: Path) -> threading.Thread:
+def pump(fd: int, path: Path) -> threading.Event:
     """Copy everything from the pipe ``fd`` into the log at ``path`` in a thread, until end of file; the
-    thread owns ``fd`` and closes it."""
+    thread owns ``fd`` and closes it. The event is set once everything is copied."""
 
     def run() -> None:
         signal.pthread_sigmask(signal.SIG_BLOCK, (signal.SIGINT, signal.SIGTERM, signal.SIGHUP))
@@ -68,6 +70,4 @@ def pump(fd: int, path: Path) -> threading.Thread:
             log.close()
             os.close(fd)
 
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    return thread
+    return background(run)

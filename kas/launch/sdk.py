@@ -123,7 +123,7 @@ class SdkHandle:
         self.target: str | None = None
         self.create_time = create_time
         self.proc = proc
-        self.pump: threading.Thread | None = None  # copies its output into the log
+        self.pump: threading.Event | None = None  # set once its output is all in the log
 
     def wait(self) -> int | None:
         if self.proc is not None:
@@ -131,7 +131,7 @@ class SdkHandle:
             if self.pump is not None:
                 # Every byte is in the log before anyone reads it as complete; a process the agent left
                 # behind that still holds its output is not waited for.
-                self.pump.join(DRAIN)
+                self.pump.wait(DRAIN)
             return status
         from kas.probe import wait_gone
 

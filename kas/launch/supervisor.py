@@ -19,6 +19,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from kas.errors import KasError, LaunchError
 from kas.launch.groups import exit_code, signal_group, stop_group
 from kas.launch.sdk import DRAIN, popen
 from kas.logwriter import RotatingLog, pump
+from kas.threads import background
 
 
 def detached() -> int:
@@ -66,7 +68,7 @@ def detached() -> int:
     os.close(2)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     status = exit_code(proc.wait())
-    copier.join(DRAIN)
+    copier.wait(DRAIN)
     for pause in (0.0, 1.0, 5.0, 30.0):  # nobody is left to tell: try again before giving up on the row
         time.sleep(pause)
         with contextlib.suppress(KasError):
@@ -106,7 +108,7 @@ def pane(spec_file: Path) -> int:
     if pane_id:  # end the log pipe now: nothing of the agent's may linger once its status is known
         _tmux(tmux, "pipe-pane", "-t", pane_id)
     if copier is not None:
-        copier.join(DRAIN)
+        copier.wait(DRAIN)
         Path(spec["fifo"]).unlink(missing_ok=True)
     _write(spec["status"], str(status))
     _tmux(tmux, "wait-for", "-S", spec["done_channel"])
@@ -115,19 +117,12 @@ def pane(spec_file: Path) -> int:
     return status
 
 
-def _copy_pane_output(fifo: str, log: str) -> Any:
+def _copy_pane_output(fifo: str, log: str) -> threading.Event:
     """Copy what tmux's pipe-pane sends through the FIFO into the bounded log, in a thread.
 
     Opening a FIFO waits for its writer (pipe-pane's cat), so the thread does it, not the runner.
     """
-    import threading
-
-    def run() -> None:
-        pump(os.open(fifo, os.O_RDONLY), Path(log)).join()
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    return thread
+    return background(lambda: pump(os.open(fifo, os.O_RDONLY), Path(log)).wait())
 
 
 def _die_with(owner: int, agent: int) -> None:

@@ -42,6 +42,7 @@ from kas.status import (
     label,
     succeeded,
 )
+from kas.threads import background
 from kas.waves.inbox import Inbox
 from kas.waves.plan import Plan, Task
 from kas.waves.scheduler import WaveScheduler
@@ -153,6 +154,8 @@ class WaveRunner:
         self._waiting = False
         self._interrupt = False
         self.registry_broken = False
+        self.environ = dict(os.environ)  # read once: every task starts from the caller's environment
+        self.found: set[tuple[str, str | None, Path]] = set()
 
     # -- events -----------------------------------------------------------------------------------------
     def emit(self, event: str, **data: Any) -> None:
@@ -278,28 +281,34 @@ class WaveRunner:
             finally:
                 self._waiting = False
             self._finished(task_id, status)
+        failed = self.result.failed
         counts = {
             "ok": sum(1 for t in wave.tasks if self.runs[t.id].ok),
-            "failed": sum(1 for t in wave.tasks if self.runs[t.id] in self.result.failed),
+            "failed": sum(1 for t in wave.tasks if self.runs[t.id] in failed),
             "cancelled": sum(1 for t in wave.tasks if self.runs[t.id].state == CANCELLED),
         }
         self.emit("wave_done", wave=index, name=wave.name, **counts)
 
     def _finished(self, task_id: str, status: int | None) -> None:
         run = self.runs[task_id]
-        run.exit_status = status
+        run.exit_status, run.ended = status, time.time()
         if run.timed_out.is_set():
             run.state, run.reason = TIMED_OUT, f"timed out after {run.task.timeout:g}s"
-            run.ended = self._mark(lifecycle.mark_ended, run.inst_id, TIMED_OUT, status)
         else:
             run.state = EXITED if status is not None else LOST
             if status is None:
                 run.reason = "exit status unknown"
-            run.ended = self._mark(lifecycle.mark_exited, run.inst_id, status)
         self._emit_finished(run)
         if not run.ok and self.options.fail_fast:
             self._cancel(self.scheduler.stop_promoting())
-        self._launch_all(self.scheduler.finish(task_id, run.ok))
+        # The next task starts before this one's end is written down: promotion waits for no disk.
+        try:
+            self._launch_all(self.scheduler.finish(task_id, run.ok))
+        finally:  # an interrupt while promoting must not leave this row 'running'
+            if run.state == TIMED_OUT:
+                self._mark(lifecycle.mark_ended, run.inst_id, TIMED_OUT, status)
+            else:
+                self._mark(lifecycle.mark_exited, run.inst_id, status)
 
     def _launch_all(self, task_ids: list[str]) -> None:
         """Launch promoted tasks; one that cannot start fails at once and promotes the next in turn."""
@@ -330,7 +339,7 @@ class WaveRunner:
     def _pending_row(self, run: TaskRun) -> Instance:
         """Prepare a task (argv and env, once) and describe it as a pending registry row."""
         task = run.task
-        prepared = run.prepared = prepare(self.resolved, task.argv, {**os.environ, **task.env})
+        prepared = run.prepared = prepare(self.resolved, task.argv, {**self.environ, **task.env})
         self.warn(prepared.warnings)
         row = Instance(
             id=run.inst_id,
@@ -358,18 +367,18 @@ class WaveRunner:
         task = run.task
         prepared = run.prepared
         assert prepared is not None, "tasks are prepared when their wave is registered"
-        env = prepared.full_env({**os.environ, **task.env})
-        ensure_command(task.argv, task.cwd, env)
+        env = prepared.full_env({**self.environ, **task.env})
+        if (task.argv[0], env.get("PATH"), task.cwd) not in self.found:  # one look per command and PATH
+            ensure_command(task.argv, task.cwd, env)
+            self.found.add((task.argv[0], env.get("PATH"), task.cwd))
         spec = LaunchSpec(run.inst_id, task.name, prepared, task.cwd, env, run.log, self.autogroup_nice)
         handle = run.handle = self.launcher.start(spec)
         run.pid, run.state, run.started = handle.pid, RUNNING, time.time()  # stopped on any error from here
-        _, run.started = lifecycle.mark_running(
-            self.registry, run.inst_id, run.pid, tmux_target=handle.target
-        )
         self.emit("task_promoted", wave=run.wave, task=task.id, pid=run.pid, instance=run.inst_id)
         # Echoed from the log as it grows, after the task's start was reported, in every mode alike.
         follower = LogFollower(run.log, self._echo_to(task.id)) if self._streams else None
-        threading.Thread(target=self._wait, args=(run.task.id, handle, follower), daemon=True).start()
+        background(self._wait, run.task.id, handle, follower)
+        lifecycle.mark_running(self.registry, run.inst_id, run.pid, tmux_target=handle.target)
 
     @property
     def _streams(self) -> bool:
@@ -393,7 +402,7 @@ class WaveRunner:
         run = self.runs[task_id]
         done = threading.Event()
         if run.task.timeout:
-            threading.Thread(target=self._expire, args=(run, done), daemon=True).start()
+            background(self._expire, run, done)
         try:
             status = handle.wait()
         except Exception:  # the waiter must always report, or the wave would never end
