@@ -429,6 +429,7 @@ def test_wheel_and_sdist_install_into_a_fresh_venv(tmp_path: Path) -> None:
         [sys.executable, "-m", "build", "--outdir", str(dist), str(ROOT)], check=True, capture_output=True
     )
     wheel = next(dist.glob("*.whl"))
+    assert wheel.name.startswith("kas_agents-")  # "kas" on PyPI is another project (the bitbake tool)
     names = zipfile.ZipFile(wheel).namelist()
     assert any(n.endswith("share/man/man1/kas-wave-run.1") for n in names)
     assert any(n.endswith("share/bash-completion/completions/kas") for n in names)

@@ -246,3 +246,87 @@ def test_names_with_control_characters_are_shown_escaped(kas, project: Path) -> 
         assert "\x1b" not in table and "\\x1b]0;pwned\\x07" in table and "a\\nID" in table
     finally:
         kas("instance", "stop", "--grace", "0", row["id"])
+
+
+def test_a_registry_locked_mid_run_stops_every_task_instead_of_leaving_it_unrecorded(
+    project: Path, tmp_path: Path
+) -> None:
+    import sqlite3
+
+    gate, fifo = make_fifo(tmp_path / "gate.fifo"), make_fifo(tmp_path / "r.fifo")
+    second = f"import json, os, time; open({str(fifo)!r}, 'w').write(json.dumps({{'pid': os.getpid()}})); time.sleep(60)"
+    first = json.dumps(["sh", "-c", 'read x < "$0"', str(gate)])
+    (project / "plan.toml").write_text(
+        "[resources]\nmax_parallel_wave_tasks = 1\n[[waves]]\n"
+        f'[[waves.tasks]]\nid = "a"\ncommand = {first}\n'
+        f'[[waves.tasks]]\nid = "b"\ncommand = {json.dumps([sys.executable, "-c", second])}\n'
+    )
+    env = {**os.environ, "KAS_DB_BUSY_TIMEOUT": "0.5"}
+    proc = subprocess.Popen([KAS, "wave", "run", "--yes", "plan.toml"], cwd=project, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)  # fmt: skip
+    db = Path(os.environ["KAS_STATE_DIR"]) / "instances.db"
+    deadline = time.monotonic() + 20
+    while not _running_task(db, "a"):  # until kas has recorded task a as running
+        assert time.monotonic() < deadline, "task a never ran"
+        psutil.wait_procs([psutil.Process(proc.pid)], timeout=0.05)
+    holder = sqlite3.connect(db, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # another process holds the write lock from now on
+    try:
+        with open(gate, "w") as go:  # task a ends: its end cannot be written
+            go.write("go\n")
+        agent = read_report(fifo)["pid"]  # b was promoted before a's end was to be written
+        _out, err = proc.communicate(timeout=30)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+        proc.kill()
+    assert proc.returncode == 1, err
+    assert "stopping every task" in err and "Traceback" not in err
+    assert still_running([agent]) == []
+
+
+def _running_task(db: Path, task_id: str) -> bool:
+    import sqlite3
+
+    if not db.exists():
+        return False
+    try:
+        conn = sqlite3.connect(db)
+        try:
+            rows = conn.execute(
+                "SELECT 1 FROM instances WHERE task_id = ? AND status = 'running'", (task_id,)
+            )
+            return rows.fetchone() is not None
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return False
+
+
+def test_nothing_of_a_finished_tmux_agent_lingers(kas, interactive, tmux_socket: str) -> None:
+    """The window may stay (its last screen); its runner, log pipe and `cat` do not."""
+    row = json.loads(kas("spawn", "--mode", "tmux", "--json", "--", "echo", "hello").stdout)
+    handle_wait = __import__("kas.launch.tmux", fromlist=["TmuxLauncher"]).TmuxLauncher(tmux_socket)
+    assert handle_wait.attach(Instance(**row)).wait() == 0
+    marker = f"status/{row['id']}"
+
+    def lingering() -> list[int]:
+        """Processes naming the agent's spec or FIFO in their argv or holding one open (pipe-pane's cat
+        has the FIFO as its stdout, not in its argv)."""
+        found = []
+        for proc in psutil.process_iter(["cmdline"]):
+            fds = Path(f"/proc/{proc.pid}/fd")
+            try:
+                held = [os.readlink(fd) for fd in fds.iterdir()]
+            except OSError:
+                held = []
+            if any(marker in part for part in [*(proc.info["cmdline"] or []), *held]):
+                found.append(proc.pid)
+        return found
+
+    deadline = time.monotonic() + 5
+    while lingering() and time.monotonic() < deadline:
+        psutil.wait_procs([psutil.Process(p) for p in lingering() if psutil.pid_exists(p)], timeout=0.1)
+    assert lingering() == []
+    assert "hello" in Path(row["log_path"]).read_text()
+    assert not list((Path(os.environ["KAS_STATE_DIR"]) / "status").glob(f"{row['id']}.*"))  # no spec, no FIFO

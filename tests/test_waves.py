@@ -334,6 +334,7 @@ def test_show_output_prefixes_each_line_with_the_task_id(kas, project: Path, mod
     assert result.returncode == 0, result.stderr
     assert "[greet] hello from the task" in result.stdout
     assert "[greet] second line" in result.stdout
+    assert result.stdout.index("started  greet") < result.stdout.index("[greet] hello")  # start, then output
     log = next(Path(os.environ["KAS_STATE_DIR"]).glob("logs/run-*/greet.log"))
     assert "second line" in log.read_text()
 

@@ -295,3 +295,16 @@ def test_check_keeps_every_row_and_fails_its_verdict_on_a_broken_config_or_a_mis
     assert result.exit_code == 1
     assert rows["nice on PATH"]["status"] == "fail" and rows["verdict"]["status"] == "fail"
     assert "nice is missing" in rows["verdict"]["detail"]
+
+
+def test_a_config_may_force_the_profile_label_but_no_other_kasmos_name(write_config) -> None:
+    write_config(
+        '[resources]\nprofile = "interactive"\n[resources.env]\nKASMOS_RESOURCE_PROFILE = "gaming"\n'
+    )
+    assert dry_run()["env"]["KASMOS_RESOURCE_PROFILE"] == "gaming"
+    write_config('[resources]\nprofile = "interactive"\n[resources.env]\nKASMOS_BUILD_JOBS = "9"\n')
+    result = cli("profile", "show")
+    assert result.exit_code == 2 and "reserved" in result.stderr
+    write_config('[resources]\nprofile = "interactive"\n[resources.env]\n"A\\n" = "x"\n')
+    result = cli("profile", "show")
+    assert result.exit_code == 2 and "not a valid environment variable name" in result.stderr
