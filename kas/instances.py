@@ -83,6 +83,8 @@ def refresh(registry: Registry, inst: Instance, *, probe_tree: bool = True) -> L
         latest = registry.get(inst.id)
         if latest is not None and latest.status not in ACTIVE:
             return LiveView(latest, latest.status)
+        if inst.owner_pid and probe.is_alive(inst.owner_pid, inst.owner_create_time):
+            return LiveView(inst, RUNNING)  # ending: its owner (supervisor, wave runner) records how
         return settle(registry, inst, poll.exit_status)
     procs = probe.process_tree(inst.pid, inst.pid_create_time) if (probe_tree and inst.pid) else []
     orphaned = inst.owner_pid and not probe.is_alive(inst.owner_pid, inst.owner_create_time)

@@ -17,7 +17,7 @@ TIMED_OUT = "timed out"  # stopped by kas because it ran past its timeout
 LOST = "lost"  # ended, but nobody saw its exit status
 NOT_STARTED = "not started"  # a task of a wave the run never reached
 UNKNOWN = "unknown"  # its state cannot be read now (an unresponsive tmux server)
-ORPHANED = "orphaned"  # still running, but the wave runner that started it is gone (killed)
+ORPHANED = "orphaned"  # still running, but the kas process watching it (wave runner, supervisor) is gone
 
 ACTIVE = (STARTING, RUNNING)
 """Statuses with a process that may still run."""
@@ -36,7 +36,7 @@ MEANING = {
     LOST: "ended, but its exit status was never seen",
     NOT_STARTED: "a task of a later wave that the run never reached",
     UNKNOWN: "cannot be read now (tmux server not answering)",
-    ORPHANED: "still running, but the kas wave run that started it was killed; `kas instance stop` ends it",
+    ORPHANED: "still running, but the kas process watching it (its wave runner or supervisor) was killed",
 }
 
 

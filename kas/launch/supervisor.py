@@ -55,7 +55,18 @@ def detached() -> int:
         os.close(writer)
     copier = pump(reader, Path(spec["log"]))
     try:
-        lifecycle.mark_running(registry, spec["id"], proc.pid, log_path=spec["log"])
+        from kas.probe import create_time
+
+        # This supervisor owns the row: while it lives, an ended agent's row waits for its record.
+        me = os.getpid()
+        lifecycle.mark_running(
+            registry,
+            spec["id"],
+            proc.pid,
+            log_path=spec["log"],
+            owner_pid=me,
+            owner_create_time=create_time(me),
+        )
     except KasError as exc:
         stop_group(proc.pid, 2.0)  # an agent kas cannot record is not left running
         proc.wait()
