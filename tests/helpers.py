@@ -102,3 +102,39 @@ def desktop_user_prefix() -> list[str]:
     if setpriv is None:
         pytest.skip("running as root and setpriv is missing: cannot run kas as a normal user")
     return [setpriv, "--inh-caps=-sys_admin", "--bounding-set=-sys_admin"]
+
+
+def run_on_terminal(
+    argv: list[str], cwd: Path, env: dict[str, str] | None = None, *, controlling: bool = False
+) -> tuple[int, str]:
+    """Run argv with a pseudo-terminal as stdin, stdout and stderr; return its exit status and screen.
+
+    ``controlling`` makes the terminal the child's controlling terminal in a session of its own, as a
+    shell's would be (a foreground process group to hand on, Ctrl-C from the keyboard).
+    """
+    import fcntl
+    import pty
+    import subprocess
+    import termios
+
+    primary, secondary = pty.openpty()
+
+    def controlling_tty() -> None:
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+    extra: dict[str, Any] = {"start_new_session": True, "preexec_fn": controlling_tty} if controlling else {}
+    proc = subprocess.Popen(
+        argv, cwd=cwd, env=env, stdin=secondary, stdout=secondary, stderr=secondary, **extra
+    )
+    os.close(secondary)
+    chunks = []
+    while True:
+        try:
+            data = os.read(primary, 4096)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not data:
+            break
+        chunks.append(data)
+    os.close(primary)
+    return proc.wait(timeout=30), b"".join(chunks).decode()

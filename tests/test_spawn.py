@@ -18,7 +18,15 @@ from kas import platform as host
 from kas.launch import tmux
 from kas.registry import Instance
 from tests.conftest import KAS, assert_user_error
-from tests.helpers import Lines, agent_argv, desktop_user_prefix, make_fifo, read_report, still_running
+from tests.helpers import (
+    Lines,
+    agent_argv,
+    desktop_user_prefix,
+    make_fifo,
+    read_report,
+    run_on_terminal,
+    still_running,
+)
 
 
 def proc_facts(pid: int) -> tuple[int, int, int]:
@@ -163,39 +171,14 @@ def test_concurrent_tmux_spawns_share_one_session(kas, interactive, tmux_socket:
     assert sorted(w for w in windows if w != "kas") == [f"w{i}" for i in range(6)]
 
 
-def run_on_terminal(argv: list[str], cwd: Path) -> tuple[int, str]:
-    """Run argv with a fresh pty as its controlling terminal (as a shell in a terminal window would)."""
-    import fcntl
-    import pty
-    import termios
-
-    primary, secondary = pty.openpty()
-
-    def controlling_tty() -> None:
-        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
-
-    proc = subprocess.Popen(argv, cwd=cwd, stdin=secondary, stdout=secondary, stderr=secondary,
-                            start_new_session=True, preexec_fn=controlling_tty)  # fmt: skip
-    os.close(secondary)
-    chunks = []
-    while True:
-        try:
-            data = os.read(primary, 4096)
-        except OSError:
-            break
-        if not data:
-            break
-        chunks.append(data)
-    os.close(primary)
-    return proc.wait(timeout=30), b"".join(chunks).decode()
-
-
 def test_foreground_spawn_on_a_terminal_hands_the_agent_the_terminal(interactive, project: Path) -> None:
     code = (
         "import os, sys; print('tty', os.isatty(0), 'foreground', os.tcgetpgrp(0) == os.getpgrp(),"
         " 'nice', os.nice(0), 'group', open(f'/proc/{os.getpid()}/autogroup').read().split()[-1]); sys.exit(3)"
     )
-    status, screen = run_on_terminal([KAS, "spawn", "--", sys.executable, "-c", code], project)
+    status, screen = run_on_terminal(
+        [KAS, "spawn", "--", sys.executable, "-c", code], project, controlling=True
+    )
     assert status == 3, screen
     expected_group = "19" if host.autogroup_enabled() else "0"
     assert f"tty True foreground True nice 10 group {expected_group}" in screen
@@ -210,7 +193,7 @@ def test_foreground_spawn_restores_the_terminal_session_group(interactive, proje
     """
     prefix = desktop_user_prefix() if user == "desktop user" else []
     script = f"{shlex.join([*prefix, KAS])} spawn -- true; cat /proc/$$/autogroup"
-    status, screen = run_on_terminal(["sh", "-c", script], project)
+    status, screen = run_on_terminal(["sh", "-c", script], project, controlling=True)
     assert status == 0, screen
     assert screen.strip().endswith("nice 0")
 

@@ -19,7 +19,7 @@ from kas.cli import main
 from kas.launch.groups import signal_group
 from kas.waves.scheduler import WaveScheduler
 from tests.conftest import KAS, assert_user_error
-from tests.helpers import Lines, make_fifo, still_running
+from tests.helpers import Lines, make_fifo, run_on_terminal, still_running
 
 RECORDER = textwrap.dedent(
     """
@@ -366,25 +366,11 @@ def test_show_output_streams_while_the_task_runs(project: Path, tmp_path: Path, 
 
 def test_a_terminal_gets_a_live_view_redrawn_in_place(project: Path) -> None:
     """On a TTY the task block is redrawn with cursor movement; piped output never has escapes."""
-    import pty
-
     plan = write_plan(project, [[("one", 0.2, 0), ("two", 0.2, 0)]])
-    primary, secondary = pty.openpty()
-    proc = subprocess.Popen([KAS, "wave", "run", "--yes", str(plan)], cwd=project, stdin=secondary,
-                            stdout=secondary, stderr=secondary, env={**os.environ, "TERM": "xterm"})  # fmt: skip
-    os.close(secondary)
-    chunks = []
-    while True:
-        try:
-            data = os.read(primary, 4096)
-        except OSError:  # EIO: the child closed the terminal
-            break
-        if not data:
-            break
-        chunks.append(data)
-    os.close(primary)
-    assert proc.wait(timeout=30) == 0
-    screen = b"".join(chunks).decode()
+    status, screen = run_on_terminal(
+        [KAS, "wave", "run", "--yes", str(plan)], project, {**os.environ, "TERM": "xterm"}
+    )
+    assert status == 0
     assert "\x1b[2K" in screen and "\x1b[" in screen.replace("\x1b[2K", "")
     assert "[2/2 finished]" in screen and "all 2 tasks succeeded" in screen
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import KAS
-from tests.helpers import still_running
+from tests.helpers import run_on_terminal, still_running
 
 
 def plan(project: Path, body: str, name: str = "plan.toml") -> Path:
@@ -138,28 +138,13 @@ def test_the_bundled_example_is_shipped_and_runs(kas, project: Path) -> None:
 
 
 def test_status_colours_on_a_terminal_only_and_never_with_no_color(project: Path) -> None:
-    import pty
-
     path = plan(project, "[[waves]]\n" + task("a", ["true"]))
 
     def screen(extra_env: dict[str, str]) -> str:
-        primary, secondary = pty.openpty()
-        env = {**os.environ, "TERM": "xterm", **extra_env}
-        proc = subprocess.Popen([KAS, "wave", "run", "--yes", str(path)], cwd=project, stdin=secondary,
-                                stdout=secondary, stderr=secondary, env=env)  # fmt: skip
-        os.close(secondary)
-        chunks = []
-        while True:
-            try:
-                data = os.read(primary, 4096)
-            except OSError:
-                break
-            if not data:
-                break
-            chunks.append(data)
-        os.close(primary)
-        assert proc.wait(timeout=30) == 0
-        return b"".join(chunks).decode()
+        status, shown = run_on_terminal([KAS, "wave", "run", "--yes", str(path)], project,
+                                        {**os.environ, "TERM": "xterm", **extra_env})  # fmt: skip
+        assert status == 0
+        return shown
 
     assert "\x1b[32mexited 0" in screen({})
     assert "\x1b[32m" not in screen({"NO_COLOR": "1"})
