@@ -5,7 +5,10 @@ Anything that is not a ``KasError`` is a bug in kas and may show a traceback.
 
 from __future__ import annotations
 
-from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 
 class KasError(Exception):

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import functools
 import os
-import shutil
 import sys
 import threading
 import time
@@ -17,14 +16,26 @@ PROC = Path("/proc")
 
 
 def which(name: str) -> str | None:
-    """``shutil.which`` with the current PATH; passed to the pure resolver so tests can swap it."""
+    """Where ``name`` is on the current PATH; passed to the pure resolver so tests can swap it."""
     return _which(name, os.environ.get("PATH", os.defpath))
+
+
+def which_on(name: str, path: str) -> str | None:
+    """``name`` looked up on ``path`` (an agent's PATH, not necessarily kas's own)."""
+    return _which(name, path)
 
 
 @functools.lru_cache(maxsize=64)
 def _which(name: str, path: str) -> str | None:
-    # A wave prepares every task; looking nice/ionice up once per PATH is enough.
-    return shutil.which(name, path=path)
+    # A wave prepares every task; looking nice/ionice up once per PATH is enough. Not shutil.which: that
+    # module pulls in the compression libraries, which `kas profile show` would load for one lookup.
+    if "/" in name:
+        return name if os.path.isfile(name) and os.access(name, os.X_OK) else None
+    for folder in path.split(os.pathsep):
+        candidate = os.path.join(folder or os.curdir, name)
+        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            return candidate
+    return None
 
 
 def system() -> str:

@@ -6,7 +6,6 @@ Dry runs and real launches call the same function, so ``kas spawn --dry-run`` ca
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import NamedTuple
@@ -47,5 +46,5 @@ def ensure_command(argv: Sequence[str], cwd: Path, env: Mapping[str, str]) -> No
             raise LaunchError(f"command not found: {name} (in {cwd})")
         if not os.access(target, os.X_OK):
             raise LaunchError(f"permission denied: {name} is not executable")
-    elif shutil.which(name, path=env.get("PATH", os.defpath)) is None:
+    elif host.which_on(name, env.get("PATH", os.defpath)) is None:
         raise LaunchError(f"command not found: {name} (not on PATH)")
