@@ -174,3 +174,25 @@ def test_waiting_for_an_agent_of_a_stopped_server_does_not_spin(
     assert result["cpu"] < 0.5, f"the wait used {result['cpu']:.2f}s of CPU"
     kas_window = tmux(tmux_socket, "list-panes", "-t", "=kas:0", "-F", "#{pane_pid}").stdout.split()
     assert leftovers(env[MARK], {server, *map(int, kas_window)}) == []
+
+
+def test_starting_agents_on_a_stopped_server_fails_fast_and_a_wave_still_stops(
+    project: Path, tmux_socket: str, stopped_server: Callable[[], int]
+) -> None:
+    """A stopped server is a launch failure after a bounded wait, never a hang (also through SIGTERM)."""
+    env = kas_env(**{MARK: uuid.uuid4().hex})
+    assert (
+        run_kas("spawn", "--mode", "tmux", "--", "true", env=env, cwd=project).returncode == 0
+    )  # the server
+    stopped_server()
+    began = time.monotonic()
+    spawned = run_kas("spawn", "--mode", "tmux", "--", "true", env=env, cwd=project)
+    assert (
+        spawned.returncode == 2 and "does not answer" in spawned.stderr and "Traceback" not in spawned.stderr
+    )
+    assert time.monotonic() - began < 10
+    (project / "plan.toml").write_text('[[waves]]\n[[waves.tasks]]\nid = "t"\ncommand = ["true"]\n')
+    began = time.monotonic()
+    waved = run_kas("wave", "run", "--yes", "--mode", "tmux", "plan.toml", env=env, cwd=project)
+    assert waved.returncode == 1 and "does not answer" in waved.stdout, (waved.stdout, waved.stderr)
+    assert time.monotonic() - began < 15

@@ -1,4 +1,4 @@
-"""tmux mode: one window per agent, through libtmux, on the user's server or a named socket.
+"""tmux mode: one window per agent, on the user's server or a named socket.
 
 The pane runs kas's small agent runner (``kas.launch.supervisor --pane``), which starts the wrapped
 command with exactly the environment and directory kas chose (the caller's environment, not the tmux
@@ -6,7 +6,8 @@ server's, with the variables tmux sets to describe the pane: ``PANE_ENV``), give
 terminal, records its exit status and closes the pane's log pipe when it ends. tmux itself never sees a
 user's directory, command or environment as a format or a command string: the runner reads them from a
 private file. The window keeps its pane after the command exits (``remain-on-exit``) so its last screen
-can be read. libtmux is imported inside the functions that need it.
+can be read. Every tmux command is an argv list with a bounded wait: a stopped server is reported, never
+waited for.
 """
 
 from __future__ import annotations
@@ -270,8 +271,6 @@ class TmuxLauncher:
         self.session = check_session_name(session)
 
     def start(self, spec: LaunchSpec) -> TmuxHandle:
-        from libtmux.exc import LibTmuxException
-
         spec_file = private_dir(state_dir() / "status") / f"{spec.inst_id}.spec"
         status_path(spec.inst_id).unlink(missing_ok=True)
         ready = spec_file.with_suffix(".ready")
@@ -308,7 +307,7 @@ class TmuxLauncher:
             made = _check(
                 server.cmd(
                     "new-window", "-d", "-P", "-F", "#{pane_id}", "-t", f"{session_id}:",
-                    "-n", argument(literal(spec.name)), PLACEHOLDER,
+                    "-n", literal(spec.name), PLACEHOLDER,
                 )
             )  # fmt: skip
             pane_id = made.stdout[0].strip()
@@ -324,14 +323,10 @@ class TmuxLauncher:
             if spec.log is not None:
                 # The pane's output goes through a private FIFO to the runner, which writes the bounded log.
                 pipe = "exec cat > " + shlex.quote(str(fifo))
-                _check(server.cmd("pipe-pane", "-t", pane_id, argument(literal(pipe))))
+                _check(server.cmd("pipe-pane", "-t", pane_id, literal(pipe)))
             package_root = str(Path(__file__).resolve().parents[2])
             command = "exec " + shlex.join(runner_argv(spec_file))
-            _check(
-                server.cmd(
-                    "respawn-pane", "-k", "-t", pane_id, argument(f"-ePYTHONPATH={package_root}"), command
-                )
-            )
+            _check(server.cmd("respawn-pane", "-k", "-t", pane_id, f"-ePYTHONPATH={package_root}", command))
         except BaseException as exc:
             # Nothing of a failed start stays: not the spec (it holds the environment), nor a window whose
             # placeholder would run on for ever.
@@ -339,7 +334,7 @@ class TmuxLauncher:
             fifo.unlink(missing_ok=True)
             if pane_id is not None:
                 kill(self.socket, pane_id)
-            if isinstance(exc, LibTmuxException):
+            if isinstance(exc, TmuxError):
                 raise LaunchError(f"tmux: {exc}") from None
             raise
         pid = self._await_ready(pane_id, spec, ready)
@@ -411,20 +406,47 @@ def _write_private(path: Path, data: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def _server(socket: str | None) -> Any:
-    import libtmux
+class _Result:
+    """One tmux command's outcome: its exit status and output lines."""
 
+    def __init__(self, done: subprocess.CompletedProcess[str]) -> None:
+        self.returncode = done.returncode
+        self.stdout = done.stdout.splitlines()
+        self.stderr = [line for line in done.stderr.splitlines() if line]
+
+
+class _Server:
+    """The tmux server at a socket, asked with argv lists (each escaped by ``argument``) and a bounded wait.
+
+    Not libtmux's Server: its commands wait for tmux without a timeout, so a stopped server hung
+    `kas wave run` for good, even through SIGTERM. Every command here gives up after ANSWER_TIMEOUT.
+    """
+
+    def __init__(self, socket: str | None) -> None:
+        self.socket = socket
+
+    def cmd(self, *args: str) -> _Result:
+        try:
+            return _Result(_run(self.socket, *args))
+        except NoAnswer:
+            raise TmuxError("the tmux server does not answer (stopped?); kas gave up after 2 s") from None
+
+
+class TmuxError(Exception):
+    """A tmux command failed; the launcher reports it as a LaunchError."""
+
+
+def _server(socket: str | None) -> _Server:
     tmux_argv(socket)
-    return libtmux.Server(socket_name=socket) if socket else libtmux.Server()
+    return _Server(socket)
 
 
-def _session(server: Any, name: str) -> str:
+def _session(server: _Server, name: str) -> str:
     """The agents' session id, created on first use; another kas creating it at the same moment is fine.
 
-    Asked for by its id alone: libtmux's session objects parse every format of every session, and a
-    session path with a newline in it (the directory kas was started from) breaks that parse.
+    Asked for by its id alone: a session path with a newline in it (the directory kas was started from)
+    would break a parse of every field of every session.
     """
-    from libtmux.exc import LibTmuxException
 
     def find() -> str | None:
         found = server.cmd("display-message", "-p", "-t", f"={name}:", "#{session_id}")
@@ -441,12 +463,10 @@ def _session(server: Any, name: str) -> str:
         if made.returncode == 0 and made.stdout:
             return str(made.stdout[0])
         problem = " ".join(made.stderr) or problem
-    raise LibTmuxException(problem)
+    raise TmuxError(problem)
 
 
-def _check(result: Any) -> Any:
+def _check(result: _Result) -> _Result:
     if result.stderr:
-        from libtmux.exc import LibTmuxException
-
-        raise LibTmuxException(" ".join(result.stderr))
+        raise TmuxError(" ".join(result.stderr))
     return result
