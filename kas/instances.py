@@ -116,6 +116,15 @@ def stop(registry: Registry, inst: Instance, grace: float = 5.0) -> LiveView:
     if view.status not in (RUNNING, ORPHANED):
         return view
     status = handle(inst).stop(grace)
+    if status is None and inst.owner_pid:  # its owner saw the real status: give it a moment to write it
+        from kas import probe
+
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline and probe.is_alive(inst.owner_pid, inst.owner_create_time):
+            latest = registry.get(inst.id)
+            if latest is not None and latest.status in FINISHED:
+                break
+            probe.wait_gone(inst.owner_pid, inst.owner_create_time, timeout=0.1)
     latest = registry.get(inst.id)
     if latest is not None and latest.status in FINISHED:
         # The agent's watcher recorded its end first: keep that, and say that kas ended it.

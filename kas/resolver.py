@@ -171,9 +171,9 @@ def build_env(resolved: ResolvedProfile, caller_env: Mapping[str, str]) -> dict[
 
 
 def uses_cgroup(resolved: ResolvedProfile, user_manager: bool) -> bool:
-    """Whether agents go into a systemd scope: ``systemd`` always asks, ``auto`` only when one answers."""
-    cgroup = resolved.settings.cgroup
-    return resolved.active and (cgroup == "systemd" or (cgroup == "auto" and user_manager))
+    """Whether agents go into a systemd scope: only when a user manager answers (``systemd`` without one
+    falls back to nice/autogroup with a warning, as ``auto`` does with a note)."""
+    return resolved.active and resolved.settings.cgroup != "off" and user_manager
 
 
 def autogroup_target(resolved: ResolvedProfile) -> int:

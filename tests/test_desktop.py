@@ -303,3 +303,12 @@ def test_bench_stops_its_agents_when_interrupted(interactive, project: Path, sig
     assert proc.wait(timeout=30) == 130
     _gone, alive = psutil.wait_procs(agents, timeout=5)
     assert alive == []
+
+
+def test_cgroup_systemd_without_a_user_manager_is_not_called_a_scope_by_check() -> None:
+    prof = resolve({"profile": "interactive", "cgroup": "systemd"})
+    assert (
+        verdict(facts(user_manager=False), prof).detail
+        != "agents run in a low-weight systemd scope: holds against other apps"
+    )
+    assert "systemd scope" in verdict(facts(user_manager=True), prof).detail

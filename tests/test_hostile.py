@@ -330,3 +330,51 @@ def test_nothing_of_a_finished_tmux_agent_lingers(kas, interactive, tmux_socket:
     assert lingering() == []
     assert "hello" in Path(row["log_path"]).read_text()
     assert not list((Path(os.environ["KAS_STATE_DIR"]) / "status").glob(f"{row['id']}.*"))  # no spec, no FIFO
+
+
+def test_a_pending_task_cancelled_from_outside_never_starts(kas, project: Path, tmp_path: Path) -> None:
+    gate = make_fifo(tmp_path / "gate.fifo")
+    first = json.dumps(["sh", "-c", 'read x < "$0"', str(gate)])
+    (project / "plan.toml").write_text(
+        "[[waves]]\n"
+        f'[[waves.tasks]]\nid = "first"\ncommand = {first}\n'
+        f'[[waves.tasks]]\nid = "second"\ncommand = ["touch", "{project / CANARY}"]\n'
+    )
+    proc = subprocess.Popen([KAS, "wave", "run", "--yes", "-j", "1", "--json", "plan.toml"], cwd=project,
+                            stdout=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)  # fmt: skip
+    assert proc.stdout is not None
+    next(line for line in proc.stdout if '"task_promoted"' in line)
+    second = next(r for r in json.loads(kas("instance", "list", "--json").stdout) if r["task_id"] == "second")
+    assert json.loads(kas("instance", "stop", "--json", second["id"]).stdout)[0]["status"] == "cancelled"
+    with open(gate, "w") as go:
+        go.write("go\n")
+    events = [json.loads(line) for line in proc.stdout]
+    assert proc.wait(timeout=20) == 0
+    assert not (project / CANARY).exists()  # it never ran
+    assert {"event": "task_cancelled", "task": "second"}.items() <= next(
+        e for e in events if e["event"] == "task_cancelled"
+    ).items()
+
+
+def test_stopping_a_detached_agent_that_needs_sigkill_records_stopped_with_its_real_status(
+    kas, project: Path
+) -> None:
+    row = json.loads(kas("spawn", "--detach", "--json", "--", "sh", "-c", "trap '' TERM; sleep 50").stdout)
+    stopped = json.loads(kas("instance", "stop", "--json", "--grace", "0.3", row["id"]).stdout)[0]
+    assert stopped == {"id": row["id"], "status": "stopped", "exit_status": 137}
+    time.sleep(0.5)  # give a late writer (the supervisor) the chance to get it wrong
+    shown = json.loads(kas("instance", "show", "--json", row["id"]).stdout)
+    assert (shown["status"], shown["exit_status"]) == ("stopped", 137)
+
+
+def test_show_output_with_json_stays_one_json_object_per_line(project: Path) -> None:
+    (project / "plan.toml").write_text('[[waves]]\n[[waves.tasks]]\nid = "t"\ncommand = ["echo", "hello"]\n')
+    result = kas_run(project, "wave", "run", "--yes", "--json", "--show-output", "plan.toml")
+    events = [json.loads(line) for line in result.stdout.splitlines()]  # every line parses
+    assert {"event": "output", "task": "t", "line": "hello"} in events
+
+
+def test_nan_is_not_a_number_of_seconds(project: Path) -> None:
+    for args in (["instance", "stop", "--grace", "nan", "x"], ["instance", "prune", "--older-than", "nan"]):
+        result = kas_run(project, *args)
+        assert result.returncode == 2 and "not a number of seconds" in result.stderr

@@ -9,7 +9,7 @@ import click
 
 from kas.cli.app import App
 from kas.cli.complete import instance_ids
-from kas.cli.options import grace_option, json_option
+from kas.cli.options import Seconds, grace_option, json_option
 from kas.cli.output import safe
 from kas.errors import KasError
 
@@ -184,6 +184,8 @@ def logs(app: App, inst_id: str, follow: bool, lines: int | None) -> None:
         inst = refresh(registry, _find(registry, inst_id), probe_tree=False).inst
     finally:
         registry.close()
+    if inst.status == "pending":
+        raise KasError(f"instance {inst.id} is a pending wave task: it has no output until it starts")
     if not inst.log_path:
         raise KasError(f"instance {inst.id} has no log: it ran in the foreground and wrote to the terminal")
     path = Path(inst.log_path)
@@ -228,7 +230,7 @@ def stop(app: App, inst_ids: tuple[str, ...], grace: float, as_json: bool) -> No
 @instance.command("prune", short_help="Forget finished instances and delete their logs.")
 @click.option(
     "--older-than",
-    type=click.FloatRange(min=0),
+    type=Seconds(min=0),
     metavar="HOURS",
     help="Only rows that ended more than this many hours ago.",
 )
@@ -236,7 +238,7 @@ def stop(app: App, inst_ids: tuple[str, ...], grace: float, as_json: bool) -> No
 @json_option('Print {"pruned": N, "files_removed": M}.')
 @click.pass_obj
 def prune(app: App, older_than: float | None, keep_logs: bool, as_json: bool) -> None:
-    """Forget finished instances (exited, failed, cancelled, lost) and delete their logs.
+    """Forget finished instances (exited, failed, cancelled, stopped, timed out, lost) and delete their logs.
 
     The registry and the state directory stay small. Tasks of a wave that is still running are kept.
     """

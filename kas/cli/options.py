@@ -21,10 +21,22 @@ def mode_option(help: str = "Override execution_mode from the config.") -> Calla
     return click.option("--mode", type=click.Choice(EXECUTION_MODES), help=help)
 
 
+class Seconds(click.FloatRange):
+    """A number of seconds in a range; ``nan`` is not one (it passes every comparison)."""
+
+    name = "seconds"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if number != number:
+            self.fail(f"{value!r} is not a number of seconds.", param, ctx)
+        return number
+
+
 def grace_option(help: str = "Seconds between SIGTERM and SIGKILL.") -> Callable[[F], F]:
     return click.option(
         "--grace",
-        type=click.FloatRange(0, MAX_GRACE),
+        type=Seconds(0, MAX_GRACE),
         default=5.0,
         show_default=True,
         help=f"{help} (0-{MAX_GRACE:g})",

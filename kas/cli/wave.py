@@ -77,7 +77,7 @@ def example() -> None:
 @wave.command("run")
 @click.argument(
     "plan_file",
-    metavar="PLAN.toml",
+    metavar="[PLAN.toml]",
     required=False,
     type=click.Path(dir_okay=False, path_type=Path),
     shell_complete=plan_files,
@@ -104,7 +104,11 @@ def example() -> None:
 )
 @mode_option("Override the execution mode (beats the plan's [defaults] mode and the config).")
 @click.option("--yes", "-y", is_flag=True, help="Start every later wave without asking.")
-@click.option("--fail-fast", is_flag=True, help="After a failure, promote nothing more and stop.")
+@click.option(
+    "--fail-fast",
+    is_flag=True,
+    help="After a failure, start nothing more (pending tasks are cancelled; running ones finish).",
+)
 @click.option("--show-output", is_flag=True, help="Echo each task's output, prefixed by its id.")
 @json_option("Stream one JSON object per event.")
 @grace_option("Seconds between SIGTERM and SIGKILL on interrupt.")
@@ -184,11 +188,12 @@ def run(
     if view.live:
         view.start_ticker()
     if not as_json:
-        cap = resolved.settings.max_parallel_wave_tasks or "unlimited"
+        cap = resolved.settings.max_parallel_wave_tasks
+        limit = f"at most {cap} at once" if cap else "all of a wave at once"
         count = plan.task_count
         tasks = f"{count} task{'s' if count != 1 else ''} in {len(plan.waves)} wave(s)"
         out.line(f"run {runner.result.run_id}: plan {safe(plan.name)}, {tasks}, profile {resolved.name}, "
-                 f"at most {cap} at once, mode {chosen}")  # fmt: skip
+                 f"{limit}, mode {chosen}")  # fmt: skip
     result = runner.run()
     view.stopped.set()
     if not as_json:

@@ -97,6 +97,9 @@ class View:
     def output(self, task_id: str, line: str) -> None:
         """A line of a task's output (--show-output), above the live block."""
         with self.out.lock:
+            if self.out.as_json:  # one JSON object per line, output included
+                self.out.json_line({"event": "output", "task": task_id, "line": line})
+                return
             if self.live and self.drawn:
                 sys.stdout.write(f"\x1b[{self.drawn}F\x1b[J")
                 self.drawn = 0

@@ -28,6 +28,7 @@ from kas.errors import KasError, LaunchError
 from kas.launch.groups import exit_code, signal_group, stop_group
 from kas.launch.sdk import DRAIN, popen
 from kas.logwriter import RotatingLog, pump
+from kas.status import STOPPED
 from kas.threads import background
 
 
@@ -83,7 +84,11 @@ def detached() -> int:
     for pause in (0.0, 1.0, 5.0, 30.0):  # nobody is left to tell: try again before giving up on the row
         time.sleep(pause)
         with contextlib.suppress(KasError):
-            lifecycle.mark_exited(registry, spec["id"], status)
+            row = registry.get(spec["id"])
+            if row is not None and row.status == STOPPED:  # `kas instance stop` ended it: keep that, with
+                lifecycle.mark_ended(registry, spec["id"], STOPPED, status)  # the status it really had
+            else:
+                lifecycle.mark_exited(registry, spec["id"], status)
             return 0
     return 1
 

@@ -292,6 +292,12 @@ class WaveRunner:
     def _finished(self, task_id: str, status: int | None) -> None:
         run = self.runs[task_id]
         run.exit_status, run.ended = status, time.time()
+        row = None if self.registry_broken else self.registry.get(run.inst_id)
+        if row is not None and row.status == STOPPED:  # `kas instance stop` ended it: say so, as the row does
+            run.state, run.reason = STOPPED, "stopped by kas instance stop"
+            self._emit_finished(run)
+            self._launch_all(self.scheduler.finish(task_id, False))
+            return
         if run.timed_out.is_set():
             run.state, run.reason = TIMED_OUT, f"timed out after {run.task.timeout:g}s"
         else:
@@ -318,6 +324,11 @@ class WaveRunner:
                 raise Interrupted
             task_id = work.pop(0)
             run = self.runs[task_id]
+            if self._cancelled_elsewhere(run):  # `kas instance stop` on a pending task
+                run.state, run.ended = CANCELLED, time.time()
+                self.emit("task_cancelled", wave=run.wave, task=task_id)
+                work += self.scheduler.finish(task_id, False)
+                continue
             try:
                 self._launch(run)
             except LaunchError as exc:
@@ -328,6 +339,12 @@ class WaveRunner:
                 if self.options.fail_fast:
                     self._cancel(self.scheduler.stop_promoting())
                 work += self.scheduler.finish(task_id, False)
+
+    def _cancelled_elsewhere(self, run: TaskRun) -> bool:
+        if self.registry_broken:
+            return False
+        row = self.registry.get(run.inst_id)
+        return row is not None and row.status == CANCELLED
 
     def _cancel(self, task_ids: list[str]) -> None:
         for task_id in task_ids:
