@@ -79,6 +79,16 @@ SCHEMA_VERSION = len(MIGRATIONS)
 JSON_FIELDS = ("argv", "wrapped_argv", "settings", "env")
 JSON_TYPES: dict[str, type] = {"argv": list, "wrapped_argv": list, "settings": dict, "env": dict}
 FINISHED = _status.FINISHED
+_NUMBER = (int, float)
+SCALAR_TYPES: dict[str, tuple[type, ...]] = {
+    **dict.fromkeys(("id", "name", "mode", "status", "cwd", "resource_profile"), (str,)),
+    "created_at": _NUMBER,
+    **dict.fromkeys(
+        ("started_at", "ended_at", "pid_create_time", "owner_create_time"), (*_NUMBER, type(None))
+    ),
+    **dict.fromkeys(("pid", "exit_status", "wave_index", "owner_pid"), (int, type(None))),
+    **dict.fromkeys(("tmux_socket", "tmux_target", "log_path", "wave_run", "task_id"), (str, type(None))),
+}
 
 
 @dataclass
@@ -125,6 +135,11 @@ class Instance:
             if not isinstance(data[key], JSON_TYPES[key]):
                 kind = type(data[key]).__name__
                 raise RowError(data["id"], f"column {key!r} holds a {kind}, not a {JSON_TYPES[key].__name__}")
+        for key, kinds in SCALAR_TYPES.items():  # SQLite keeps whatever was written, typed or not
+            if not isinstance(data.get(key), kinds) or isinstance(data.get(key), bool):
+                raise RowError(
+                    str(data["id"]), f"column {key!r} holds {data.get(key)!r}, which kas never writes"
+                )
         return cls(**data)
 
 

@@ -378,3 +378,16 @@ def test_nan_is_not_a_number_of_seconds(project: Path) -> None:
     for args in (["instance", "stop", "--grace", "nan", "x"], ["instance", "prune", "--older-than", "nan"]):
         result = kas_run(project, *args)
         assert result.returncode == 2 and "not a number of seconds" in result.stderr
+
+
+def test_a_row_with_a_damaged_column_is_skipped_with_a_warning(kas, project: Path) -> None:
+    import sqlite3
+
+    assert kas("spawn", "--", "true").returncode == 0
+    db = Path(os.environ["KAS_STATE_DIR"]) / "instances.db"
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE instances SET created_at = 'abc'")
+    for args in (["instance", "list", "--all"], ["instance", "list", "--all", "--json"]):
+        result = kas(*args)
+        assert result.returncode == 0 and "Traceback" not in result.stderr
+        assert "skipped" in result.stderr and "created_at" in result.stderr
