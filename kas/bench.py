@@ -168,7 +168,6 @@ class Agents:
             handle.stop(0.0)  # bounded: waits a moment for the end the SIGKILL above brings
             for path in handle.discard():
                 path.unlink(missing_ok=True)
-        self.launcher.release()
 
 
 @contextmanager
@@ -203,12 +202,18 @@ def run_bench(
     iterations = calibrate(work_ms)
     progress("no load")
     results = [summarize("no load", 0, frame_loop(frames, iterations), 0.0)]
-    for label, prof in cases(resolved):
-        progress(label)
-        with running(Agents(prof, agents, mode, tmux_socket, warn)) as group:
-            time.sleep(0.2)  # let the agents get going before the first frame
-            cpu_before = group.cpu_seconds()
-            measured = frame_loop(frames, iterations)
-            cpu = group.cpu_seconds() - cpu_before
-        results.append(summarize(label, agents, measured, cpu))
+    launcher = launcher_for(mode, tmux_socket=tmux_socket, tmux_session=BENCH_SESSION)
+    try:
+        for label, prof in cases(resolved):
+            progress(label)
+            with running(Agents(prof, agents, mode, tmux_socket, warn)) as group:
+                time.sleep(0.2)  # let the agents get going before the first frame
+                cpu_before = group.cpu_seconds()
+                measured = frame_loop(frames, iterations)
+                cpu = group.cpu_seconds() - cpu_before
+            results.append(summarize(label, agents, measured, cpu))
+    finally:
+        # Once, at the end: a tmux server whose last session closes between cases exits, and a case
+        # starting right then could ask the dying server for its session.
+        launcher.release()
     return results
