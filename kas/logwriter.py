@@ -22,10 +22,22 @@ CHUNK = 65536
 
 
 def log_limit() -> int:
-    """The configured limit in bytes; a value kas cannot read falls back to the default."""
+    """The configured limit in bytes (unset: the default); ``check_limit`` has refused a bad value by the
+    time an agent's output is written, so a writer never fails on it."""
     text = os.environ.get(LIMIT_ENV, "").strip().lower()
     found = re.fullmatch(r"(\d+)\s*([kmg]?)i?b?", text)
     return int(found[1]) * _UNITS[found[2]] if found else DEFAULT_LIMIT
+
+
+def check_limit() -> None:
+    """Refuse an unreadable ``$KAS_LOG_MAX`` before anything starts, instead of quietly using 64M."""
+    text = os.environ.get(LIMIT_ENV, "").strip().lower()
+    if text and not re.fullmatch(r"(\d+)\s*([kmg]?)i?b?", text):
+        from kas.errors import KasError
+
+        raise KasError(
+            f"${LIMIT_ENV}={text!r} is not a size; use bytes or a K, M or G suffix, e.g. 64M (0 = no limit)"
+        )
 
 
 def rotated(path: Path) -> Path:

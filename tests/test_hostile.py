@@ -57,6 +57,8 @@ PLAN_OK = '[[waves]]\n[[waves.tasks]]\nid = "t"\ncommand = ["true"]\n'
         (["spawn", "--mode", "tmux", "--tmux-socket", "../../tmp/x", "--", "true"], 2, "socket name"),
         (["spawn", "--name", "a\nID      NAME fake", "--detach", "--", "true"], 0, ""),
         (["spawn", "--cwd", "/nonexistent", "--", "true"], 2, "--cwd"),
+        (["spawn", "--name", "x" * 201, "--", "true"], 2, "--name"),
+        (["spawn", "--name", "", "--", "true"], 2, "--name"),
     ],
 )
 def test_hostile_input_is_one_line_and_the_documented_exit(
@@ -391,3 +393,18 @@ def test_a_row_with_a_damaged_column_is_skipped_with_a_warning(kas, project: Pat
         result = kas(*args)
         assert result.returncode == 0 and "Traceback" not in result.stderr
         assert "skipped" in result.stderr and "created_at" in result.stderr
+
+
+@pytest.mark.parametrize("value", ["abc", "-1", "1T", "0.5M"])
+def test_an_unreadable_log_limit_is_refused_before_anything_starts(project: Path, value: str) -> None:
+    (project / "plan.toml").write_text(
+        f'[[waves]]\n[[waves.tasks]]\nid = "t"\ncommand = ["touch", "{project / CANARY}"]\n'
+    )
+    env = {**os.environ, "KAS_LOG_MAX": value}
+    for args in (
+        ["spawn", "--detach", "--", "touch", str(project / CANARY)],
+        ["wave", "run", "--yes", "plan.toml"],
+    ):
+        result = kas_run(project, *args, env=env)
+        assert result.returncode == 2 and "KAS_LOG_MAX" in result.stderr and "Traceback" not in result.stderr
+        assert not (project / CANARY).exists()

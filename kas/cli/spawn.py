@@ -17,7 +17,11 @@ from kas.cli.output import Output, safe
 @click.command()
 @click.option("--dry-run", is_flag=True, help="Print the exact argv and env changes; start nothing.")
 @mode_option()
-@click.option("--name", help="A name to find the instance by (default: the command's name).")
+@click.option(
+    "--name",
+    callback=lambda _ctx, _param, value: _bounded_name(value),
+    help="A name to find the instance by, up to 200 characters (default: the command's name).",
+)
 @click.option(
     "--cwd",
     type=click.Path(exists=True, file_okay=False, path_type=Path),
@@ -114,3 +118,9 @@ def _print_dry_run(out: Output, data: dict[str, object], forced: tuple[str, ...]
             out.line(f"  {var}={safe(value)}" + (" (forced)" if var in forced else ""))
     else:
         out.line("env:     (nothing added)")
+
+
+def _bounded_name(value: str | None) -> str | None:
+    if value is not None and not 0 < len(value) <= 200:
+        raise click.BadParameter("give 1 to 200 characters", param_hint="'--name'")
+    return value

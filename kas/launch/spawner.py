@@ -11,6 +11,7 @@ from kas.launch.base import Launcher, LaunchSpec
 from kas.launch.modes import launcher_for
 from kas.launch.prepare import Prepared, ensure_command
 from kas.launch.session import autogroup_here, lower_group
+from kas.logwriter import check_limit
 from kas.registry import Instance, Registry, new_id
 from kas.resolver import ResolvedProfile
 from kas.statedir import log_path
@@ -72,6 +73,7 @@ def spawn_instance(
     """
     env = prepared.full_env(os.environ if caller_env is None else caller_env)
     ensure_command(request.argv, request.cwd, env)
+    check_limit()
     launcher = launcher_for(request.mode, tmux_socket=request.tmux_socket, tmux_session=request.tmux_session)
     registry = Registry()
     try:

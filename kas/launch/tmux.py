@@ -77,6 +77,11 @@ def argument(text: str) -> str:
     return text[:-1] + "\\;" if text.endswith(";") else text
 
 
+def window_name(name: str) -> str:
+    """A window name tmux shows as typed: control characters (escapes, newlines) become '?'."""
+    return "".join(c if c.isprintable() else "?" for c in name)
+
+
 def check_session_name(name: str) -> str:
     """Session names are typed by people and read by tmux as targets: keep them to a safe alphabet."""
     if not SESSION_NAME.match(name):
@@ -307,7 +312,7 @@ class TmuxLauncher:
             made = _check(
                 server.cmd(
                     "new-window", "-d", "-P", "-F", "#{pane_id}", "-t", f"{session_id}:",
-                    "-n", literal(spec.name), PLACEHOLDER,
+                    "-n", literal(window_name(spec.name)), PLACEHOLDER,
                 )
             )  # fmt: skip
             pane_id = made.stdout[0].strip()

@@ -26,6 +26,7 @@ from kas.launch.modes import launcher_for
 from kas.launch.prepare import Prepared, ensure_command, prepare
 from kas.launch.session import autogroup_here, lower_group
 from kas.logs import LogFollower
+from kas.logwriter import check_limit
 from kas.registry import Instance, Registry, new_id
 from kas.resolver import ResolvedProfile
 from kas.statedir import private_dir, private_file, state_dir
@@ -130,6 +131,7 @@ class WaveRunner:
         confirm: Callable[[int], bool | None],
         output: Callable[[str, str], None] | None = None,
     ) -> None:
+        check_limit()
         self.plan = plan
         self.resolved = resolved
         self.options = options
