@@ -26,6 +26,7 @@ from kas.status import (
     FINISHED,
     LOST,
     ORPHANED,
+    PAUSED,
     PENDING,
     RUNNING,
     STARTING,
@@ -87,6 +88,8 @@ def refresh(registry: Registry, inst: Instance, *, probe_tree: bool = True) -> L
             return LiveView(inst, RUNNING)  # ending: its owner (supervisor, wave runner) records how
         return settle(registry, inst, poll.exit_status)
     procs = probe.process_tree(inst.pid, inst.pid_create_time) if (probe_tree and inst.pid) else []
+    if inst.pid and probe.is_stopped(inst.pid):
+        return LiveView(inst, PAUSED, procs)
     orphaned = inst.owner_pid and not probe.is_alive(inst.owner_pid, inst.owner_create_time)
     return LiveView(inst, ORPHANED if orphaned else RUNNING, procs)
 
@@ -113,7 +116,7 @@ def stop(registry: Registry, inst: Instance, grace: float = 5.0) -> LiveView:
     if inst.status == PENDING:
         return cancel(registry, inst)
     view = refresh(registry, inst, probe_tree=False)
-    if view.status not in (RUNNING, ORPHANED):
+    if view.status not in (RUNNING, ORPHANED, PAUSED):
         return view
     status = handle(inst).stop(grace)
     if status is None and inst.owner_pid:  # its owner saw the real status: give it a moment to write it
@@ -136,6 +139,18 @@ def stop(registry: Registry, inst: Instance, grace: float = 5.0) -> LiveView:
     inst.ended_at = lifecycle.mark_ended(registry, inst.id, STOPPED, inst.exit_status)
     inst.status = STOPPED
     return LiveView(inst, STOPPED)
+
+
+def pause(registry: Registry, inst: Instance, *, resume: bool = False) -> LiveView:
+    """Freeze (SIGSTOP) or thaw (SIGCONT) an agent's whole process group: a match or a call gets the
+    CPU back at once, and the agents go on where they were afterwards. Anything not running is left."""
+    import signal
+
+    view = refresh(registry, inst, probe_tree=False)
+    if view.status not in (RUNNING, ORPHANED, PAUSED):
+        return view
+    handle(inst).signal(signal.SIGCONT if resume else signal.SIGSTOP)
+    return refresh(registry, inst, probe_tree=False)
 
 
 def wait_for_end(inst: Instance) -> None:

@@ -109,6 +109,15 @@ def is_alive(pid: int | None, create_time: float | None) -> bool:
         return False
 
 
+def is_stopped(pid: int) -> bool:
+    """True while the process is stopped (SIGSTOP: `kas instance pause`); read from the kernel."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return stat.read().rsplit(b")", 1)[1].split()[0] == b"T"
+    except (OSError, IndexError):
+        return False
+
+
 def wait_gone(pid: int, create_time: float | None, timeout: float | None = None) -> None:
     """Block until the process kas started has ended (a zombie has), woken by the kernel, not by polling;
     or until ``timeout`` seconds have passed.

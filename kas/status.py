@@ -9,6 +9,7 @@ from __future__ import annotations
 PENDING = "pending"  # a wave task waiting for a free slot: no process yet
 STARTING = "starting"  # registered, its process is being started
 RUNNING = "running"  # its process is alive
+PAUSED = "paused"  # its process group is stopped (`kas instance pause`) until `kas instance resume`
 EXITED = "exited"  # ended by itself, with an exit status (0 = success)
 FAILED = "failed"  # could not be started (command not found, bad cwd, tmux missing...)
 CANCELLED = "cancelled"  # was pending and will never start (interrupt, --fail-fast, its runner died)
@@ -28,6 +29,7 @@ MEANING = {
     PENDING: "a wave task waiting for a free slot; no process yet",
     STARTING: "registered; its process is being started",
     RUNNING: "its process is alive",
+    PAUSED: "frozen by `kas instance pause` (SIGSTOP to its group) until `kas instance resume`",
     EXITED: "ended by itself; shown with its exit status (exited 0 = success)",
     FAILED: "could not be started (the reason is shown)",
     CANCELLED: "was pending and will never start",

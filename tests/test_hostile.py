@@ -408,3 +408,30 @@ def test_an_unreadable_log_limit_is_refused_before_anything_starts(project: Path
         result = kas_run(project, *args, env=env)
         assert result.returncode == 2 and "KAS_LOG_MAX" in result.stderr and "Traceback" not in result.stderr
         assert not (project / CANARY).exists()
+
+
+def test_pause_freezes_whole_trees_resume_thaws_them_and_stop_all_ends_every_agent(
+    kas, project: Path, tmp_path: Path
+) -> None:
+    from tests.helpers import agent_argv
+
+    reports = []
+    for name in ("one", "two"):
+        fifo = make_fifo(tmp_path / f"{name}.fifo")
+        assert kas("spawn", "--detach", "--name", name, "--", *agent_argv(fifo, 60)).returncode == 0
+        reports.append(read_report(fifo))
+    tree = [pid for r in reports for pid in (r["pid"], r["child"])]
+
+    def states() -> set[str]:
+        return {psutil.Process(pid).status() for pid in tree}
+
+    paused = json.loads(kas("instance", "pause", "--all", "--json").stdout)
+    assert {v["status"] for v in paused} == {"paused"} and states() == {psutil.STATUS_STOPPED}
+    assert "paused" in kas("instance", "list").stdout
+    resumed = json.loads(kas("instance", "resume", "--all", "--json").stdout)
+    assert {v["status"] for v in resumed} == {"running"} and psutil.STATUS_STOPPED not in states()
+    kas("instance", "pause", "one")
+    stopped = json.loads(kas("instance", "stop", "--all", "--grace", "1", "--json").stdout)
+    assert {v["status"] for v in stopped} == {"stopped"}  # a paused agent stops too (SIGCONT after SIGTERM)
+    assert still_running(tree) == []
+    assert kas("instance", "stop").returncode == 2  # neither ids nor --all

@@ -14,6 +14,8 @@ from kas.cli.output import safe
 from kas.errors import KasError
 
 if TYPE_CHECKING:
+    from kas.cli.output import Output
+    from kas.instances import LiveView
     from kas.registry import Instance, Registry
 
 
@@ -201,12 +203,35 @@ def logs(app: App, inst_id: str, follow: bool, lines: int | None) -> None:
         follower.stop()
 
 
+def _targets(registry: Registry, inst_ids: tuple[str, ...], every: bool) -> list[Instance]:
+    """The instances named (all valid before anything is done), or with --all every unfinished one."""
+    from kas.status import FINISHED
+
+    if every == bool(inst_ids):
+        raise click.UsageError("give instance ids or --all (not both)")
+    if every:
+        return [i for i in registry.instances(include_finished=False) if i.status not in FINISHED]
+    return [_find(registry, inst_id) for inst_id in inst_ids]
+
+
+def _report(out: Output, views: list[LiveView]) -> None:
+    if out.as_json:
+        out.json([{"id": v.inst.id, "status": v.status, "exit_status": v.inst.exit_status} for v in views])
+        return
+    for view in views:
+        out.line(f"{view.inst.id}  {out.status(view.label)}")
+
+
+ALL_OPTION = click.option("--all", "every", is_flag=True, help="Every agent that has not finished.")
+
+
 @instance.command("stop", short_help="Stop agents: SIGTERM, then SIGKILL.")
-@click.argument("inst_ids", nargs=-1, required=True, metavar="ID...", shell_complete=instance_ids)
+@click.argument("inst_ids", nargs=-1, metavar="ID...|--all", shell_complete=instance_ids)
+@ALL_OPTION
 @grace_option()
 @json_option("A JSON list of the stopped instances.")
 @click.pass_obj
-def stop(app: App, inst_ids: tuple[str, ...], grace: float, as_json: bool) -> None:
+def stop(app: App, inst_ids: tuple[str, ...], every: bool, grace: float, as_json: bool) -> None:
     """Stop agents: SIGTERM to the process group (or the tmux pane), SIGKILL after --grace seconds.
 
     A pending wave task is marked cancelled. Stopping a finished instance only reports how it ended.
@@ -216,15 +241,46 @@ def stop(app: App, inst_ids: tuple[str, ...], grace: float, as_json: bool) -> No
     out = app.output(as_json)
     registry = _open(app)
     try:
-        targets = [_find(registry, inst_id) for inst_id in inst_ids]  # all ids valid before any stop
-        views = [stop_instance(registry, inst, grace) for inst in targets]
+        views = [stop_instance(registry, inst, grace) for inst in _targets(registry, inst_ids, every)]
     finally:
         registry.close()
-    if as_json:
-        out.json([{"id": v.inst.id, "status": v.status, "exit_status": v.inst.exit_status} for v in views])
-        return
-    for view in views:
-        out.line(f"{view.inst.id}  {out.status(view.label)}")
+    _report(out, views)
+
+
+@instance.command("pause", short_help="Freeze agents (SIGSTOP to their groups).")
+@click.argument("inst_ids", nargs=-1, metavar="ID...|--all", shell_complete=instance_ids)
+@ALL_OPTION
+@json_option("A JSON list of the instances and their status now.")
+@click.pass_obj
+def pause_cmd(app: App, inst_ids: tuple[str, ...], every: bool, as_json: bool) -> None:
+    """Freeze agents and everything in their process groups (SIGSTOP), for a match or a call.
+
+    They hold their memory but take no CPU until `kas instance resume`. Fits Feral GameMode's
+    [custom] start= / end= hooks: `kas instance pause --all` / `kas instance resume --all`.
+    """
+    _pause(app, inst_ids, every, as_json, resume=False)
+
+
+@instance.command("resume", short_help="Thaw paused agents (SIGCONT).")
+@click.argument("inst_ids", nargs=-1, metavar="ID...|--all", shell_complete=instance_ids)
+@ALL_OPTION
+@json_option("A JSON list of the instances and their status now.")
+@click.pass_obj
+def resume_cmd(app: App, inst_ids: tuple[str, ...], every: bool, as_json: bool) -> None:
+    """Let paused agents run on where they stopped (SIGCONT to their process groups)."""
+    _pause(app, inst_ids, every, as_json, resume=True)
+
+
+def _pause(app: App, inst_ids: tuple[str, ...], every: bool, as_json: bool, *, resume: bool) -> None:
+    from kas.instances import pause
+
+    out = app.output(as_json)
+    registry = _open(app)
+    try:
+        views = [pause(registry, inst, resume=resume) for inst in _targets(registry, inst_ids, every)]
+    finally:
+        registry.close()
+    _report(out, views)
 
 
 @instance.command("prune", short_help="Forget finished instances and delete their logs.")

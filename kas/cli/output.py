@@ -31,6 +31,7 @@ COLOURS = {
     "failed": "red",
     "timed out": "red",
     "stopped": "magenta",
+    "paused": "blue",
     "lost": "red",
     "unknown": "red",
     "orphaned": "red",

@@ -36,6 +36,7 @@ def stop_group(pid: int, grace: float) -> None:
     """SIGTERM the group, then SIGKILL whatever of it is left after ``grace`` seconds (grandchildren too)."""
     if not signal_group(pid, signal.SIGTERM):
         return
+    signal_group(pid, signal.SIGCONT)  # a paused group would hold the SIGTERM until it is thawed
     deadline = time.monotonic() + min(max(grace, 0.0), MAX_GRACE)
     while time.monotonic() < deadline and signal_group(pid, 0):
         time.sleep(0.02)
