@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 @click.group()
 def instance() -> None:
-    """List, inspect, read, stop and prune the agents kas started."""
+    """List, inspect, read, pause, stop and prune the agents kas started."""
 
 
 def _open(app: App) -> Registry:
