@@ -15,7 +15,10 @@ COMMANDS = {
         "kas.cli.completion:completion",
         "Print the shell completion script for bash, zsh or fish.",
     ),
-    "instance": ("kas.cli.instance:instance", "List, inspect, read, pause, stop and prune the agents kas started."),
+    "instance": (
+        "kas.cli.instance:instance",
+        "List, inspect, read, pause, stop and prune the agents kas started.",
+    ),
     "profile": ("kas.cli.profile:profile", "Show the configured resource profile and the presets."),
     "spawn": ("kas.cli.spawn:spawn", "Start CMD as an agent at the profile's CPU and I/O priority."),
     "wave": ("kas.cli.wave:wave", "Run waves of agent tasks with at most max_parallel_wave_tasks at once."),
