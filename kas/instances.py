@@ -149,7 +149,14 @@ def pause(registry: Registry, inst: Instance, *, resume: bool = False) -> LiveVi
     view = refresh(registry, inst, probe_tree=False)
     if view.status not in (RUNNING, ORPHANED, PAUSED):
         return view
-    handle(inst).signal(signal.SIGCONT if resume else signal.SIGSTOP)
+    from kas import probe
+
+    if handle(inst).signal(signal.SIGCONT if resume else signal.SIGSTOP) and inst.pid:
+        # A signal is delivered when the process is next scheduled: let the kernel catch up (no event
+        # tells a non-parent when another process has stopped), briefly.
+        deadline = time.monotonic() + 1.0
+        while probe.is_stopped(inst.pid) == resume and time.monotonic() < deadline:
+            time.sleep(0.005)
     return refresh(registry, inst, probe_tree=False)
 
 

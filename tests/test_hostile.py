@@ -423,7 +423,13 @@ def test_pause_freezes_whole_trees_resume_thaws_them_and_stop_all_ends_every_age
     tree = [pid for r in reports for pid in (r["pid"], r["child"])]
 
     def states() -> set[str]:
-        return {psutil.Process(pid).status() for pid in tree}
+        """The tree's states once signals have landed (delivery waits for each process's next turn)."""
+        deadline = time.monotonic() + 2
+        while True:
+            found = {psutil.Process(pid).status() for pid in tree}
+            if len(found) == 1 or time.monotonic() > deadline:
+                return found
+            time.sleep(0.01)
 
     paused = json.loads(kas("instance", "pause", "--all", "--json").stdout)
     assert {v["status"] for v in paused} == {"paused"} and states() == {psutil.STATUS_STOPPED}
