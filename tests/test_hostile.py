@@ -6,6 +6,7 @@ process of the test left behind.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -431,13 +432,18 @@ def test_pause_freezes_whole_trees_resume_thaws_them_and_stop_all_ends_every_age
                 return found
             time.sleep(0.01)
 
-    paused = json.loads(kas("instance", "pause", "--all", "--json").stdout)
-    assert {v["status"] for v in paused} == {"paused"} and states() == {psutil.STATUS_STOPPED}
-    assert "paused" in kas("instance", "list").stdout
-    resumed = json.loads(kas("instance", "resume", "--all", "--json").stdout)
-    assert {v["status"] for v in resumed} == {"running"} and psutil.STATUS_STOPPED not in states()
-    kas("instance", "pause", "one")
-    stopped = json.loads(kas("instance", "stop", "--all", "--grace", "1", "--json").stdout)
-    assert {v["status"] for v in stopped} == {"stopped"}  # a paused agent stops too (SIGCONT after SIGTERM)
-    assert still_running(tree) == []
+    try:
+        paused = json.loads(kas("instance", "pause", "--all", "--json").stdout)
+        assert {v["status"] for v in paused} == {"paused"} and states() == {psutil.STATUS_STOPPED}
+        assert "paused" in kas("instance", "list").stdout
+        resumed = json.loads(kas("instance", "resume", "--all", "--json").stdout)
+        assert {v["status"] for v in resumed} == {"running"} and psutil.STATUS_STOPPED not in states()
+        kas("instance", "pause", "one")
+        stopped = json.loads(kas("instance", "stop", "--all", "--grace", "1", "--json").stdout)
+        assert {v["status"] for v in stopped} == {"stopped"}  # a paused one stops too (SIGCONT after SIGTERM)
+        assert still_running(tree) == []
+    finally:  # after a failed assertion, leave nothing behind (paused processes least of all)
+        for pid in tree:
+            with contextlib.suppress(psutil.Error):
+                psutil.Process(pid).kill()
     assert kas("instance", "stop").returncode == 2  # neither ids nor --all
