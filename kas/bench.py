@@ -20,10 +20,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from kas import platform as host
 from kas.launch.base import Handle, LaunchSpec
 from kas.launch.modes import launcher_for
 from kas.launch.prepare import prepare
 from kas.launch.session import autogroup_here, lower_group
+from kas.launch.tree import guard_rules
 from kas.resolver import ResolvedProfile, resolve
 
 FRAME = 1 / 60
@@ -140,6 +142,7 @@ class Agents:
                 prepared.full_env(os.environ),
                 autogroup_nice=nice,
                 dies_with_caller=True,  # a killed bench must not leave CPU burners behind
+                guard=guard_rules(self.resolved, nice, host.system()),
             )
             handle = self.launcher.start(spec)
             self.handles.append(handle)

@@ -8,14 +8,17 @@ start time of the pid, an end with its time), and no module needs another's priv
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kas.registry import Registry
 from kas.status import CANCELLED, EXITED, FAILED, LOST, RUNNING
 
+if TYPE_CHECKING:
+    from kas.launch.tree import GuardRef
+
 
 def mark_running(
-    registry: Registry, inst_id: str, pid: int | None, **extra: Any
+    registry: Registry, inst_id: str, pid: int | None, *, guard: GuardRef | None = None, **extra: Any
 ) -> tuple[float | None, float]:
     """Record that an instance's process started; keep its kernel start time against pid reuse.
 
@@ -23,6 +26,8 @@ def mark_running(
     """
     from kas.probe import create_time
 
+    if guard is not None:
+        extra.update(guard_pid=guard.pid, guard_create_time=guard.create_time)
     created, started = (create_time(pid) if pid else None), time.time()
     registry.update(inst_id, status=RUNNING, pid=pid, pid_create_time=created, started_at=started, **extra)
     return created, started

@@ -91,6 +91,10 @@ _TABLE = (
     Key("cgroup", "choice", "Run agents in a systemd user scope with low weights.", "off", choices=CGROUP_MODES),
     Key("cpu_weight", "int", "CPUWeight of the agent's scope (cgroup only).", None, 20, 1, 10000, nullable=True),
     Key("io_weight", "int", "IOWeight of the agent's scope (cgroup only).", None, 20, 1, 10000, nullable=True),
+    # 500: above every desktop process's default (0) and Chromium's visible tabs (300), below its background
+    # tabs (up to 1000), which reload cheaply; under memory pressure the kernel kills agents first.
+    Key("oom_score_adj", "int", "Linux OOM score added to agents' trees (higher: killed first under memory pressure).",
+        None, 500, 0, 1000, nullable=True),
     Key("execution_mode", "choice", "How agents are launched: a tmux window or directly.", "sdk",
         choices=EXECUTION_MODES, control=False),
 )  # fmt: skip

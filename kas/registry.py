@@ -74,6 +74,14 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE instances ADD COLUMN owner_pid INTEGER;
     ALTER TABLE instances ADD COLUMN owner_create_time REAL;
     """,
+    # v3: the agent's guard (its parent and subreaper, which keeps the profile on its whole tree), and the
+    # last runtime profile switch (``kas profile apply``): when, and from which profile.
+    """
+    ALTER TABLE instances ADD COLUMN guard_pid INTEGER;
+    ALTER TABLE instances ADD COLUMN guard_create_time REAL;
+    ALTER TABLE instances ADD COLUMN applied_at REAL;
+    ALTER TABLE instances ADD COLUMN applied_from TEXT;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 JSON_FIELDS = ("argv", "wrapped_argv", "settings", "env")
@@ -84,10 +92,13 @@ SCALAR_TYPES: dict[str, tuple[type, ...]] = {
     **dict.fromkeys(("id", "name", "mode", "status", "cwd", "resource_profile"), (str,)),
     "created_at": _NUMBER,
     **dict.fromkeys(
-        ("started_at", "ended_at", "pid_create_time", "owner_create_time"), (*_NUMBER, type(None))
+        ("started_at", "ended_at", "pid_create_time", "owner_create_time", "guard_create_time", "applied_at"),
+        (*_NUMBER, type(None)),
     ),
-    **dict.fromkeys(("pid", "exit_status", "wave_index", "owner_pid"), (int, type(None))),
-    **dict.fromkeys(("tmux_socket", "tmux_target", "log_path", "wave_run", "task_id"), (str, type(None))),
+    **dict.fromkeys(("pid", "exit_status", "wave_index", "owner_pid", "guard_pid"), (int, type(None))),
+    **dict.fromkeys(
+        ("tmux_socket", "tmux_target", "log_path", "wave_run", "task_id", "applied_from"), (str, type(None))
+    ),
 }
 
 
@@ -119,6 +130,10 @@ class Instance:
     task_id: str | None = None
     owner_pid: int | None = None
     owner_create_time: float | None = None
+    guard_pid: int | None = None
+    guard_create_time: float | None = None
+    applied_at: float | None = None
+    applied_from: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

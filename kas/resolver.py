@@ -44,6 +44,7 @@ class Settings(NamedTuple):
     cgroup: str
     cpu_weight: int | None
     io_weight: int | None
+    oom_score_adj: int | None
     execution_mode: str
 
     def to_dict(self) -> dict[str, Any]:

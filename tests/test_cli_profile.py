@@ -78,6 +78,7 @@ def test_spawn_dry_run_under_normal_adds_nothing(kas) -> None:
         "mode": "sdk",
         "profile": "normal",
         "autogroup_nice": 0,
+        "guard": {"autogroup": 0},  # the guard holds the tree, lowering nothing
     }
 
 

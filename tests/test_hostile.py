@@ -152,7 +152,9 @@ def ours(proc: psutil.Process) -> bool:
     """A bench agent of this test (others may run benches too): its environment names our tmux socket."""
     info = proc.info  # type: ignore[attr-defined]
     own = (info["environ"] or {}).get("KAS_TMUX_SOCKET") == os.environ["KAS_TMUX_SOCKET"]
-    return own and (info["cmdline"] or [])[-1:] == ["while True: pass"]
+    cmdline = info["cmdline"] or []
+    guard = any(arg.endswith("guard.py") for arg in cmdline)  # the burner's guard ends with its argv too
+    return own and cmdline[-1:] == ["while True: pass"] and not guard
 
 
 def test_a_killed_bench_leaves_no_agent(interactive, project: Path, request) -> None:

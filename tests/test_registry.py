@@ -195,7 +195,7 @@ def test_a_v1_database_is_migrated_in_place_and_keeps_its_rows(kas, project: Pat
     [old] = json.loads(kas("instance", "list", "--all", "--json").stdout)
     assert old["id"] == "old001" and old["owner_pid"] is None
     conn = sqlite3.connect(directory / "instances.db")
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
 
 
 def test_pending_rows_of_a_dead_runner_read_as_cancelled(kas, project: Path) -> None:

@@ -83,6 +83,7 @@ EFFECTS: dict[str, tuple[str, Callable[[dict[str, Any]], bool]]] = {
     "cgroup": ('"auto"', lambda d: True),  # with no user manager: a note, checked below
     "cpu_weight": ("50", lambda d: True),  # reaches systemd-run: test_desktop's fake systemd-run
     "io_weight": ("60", lambda d: True),
+    "oom_score_adj": ("700", lambda d: d["guard"]["oom"] == 700),  # the guard keeps it on the tree
     "execution_mode": ('"tmux"', lambda d: d["mode"] == "tmux"),
 }
 

@@ -110,6 +110,10 @@ def _print_dry_run(out: Output, data: dict[str, object], forced: tuple[str, ...]
         out.line(f"pane:    {data['tmux_command']}  (runs the argv above)")
     if data["autogroup_nice"]:
         out.line(f"then:    autogroup nice {data['autogroup_nice']} for the agent's session group")
+    guard = data.get("guard")
+    if isinstance(guard, dict):
+        kept = ", ".join(f"{k} {v}" for k, v in guard.items() if v) or "the tree only (nothing lowered)"
+        out.line(f"guard:   keeps {kept} on every process the agent starts")
     env = data["env"]
     assert isinstance(env, dict)
     if env:

@@ -11,10 +11,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from kas.launch.prepare import Prepared
+    from kas.launch.tree import GuardRef
     from kas.registry import Instance, Registry
 
 
@@ -35,6 +36,8 @@ class LaunchSpec:
     autogroup_nice: int = 0  # 0: leave the agent's session group alone
     # Killed when the kas process that started it dies, however it dies (the bench's stand-in agents).
     dies_with_caller: bool = False
+    # What the agent's guard keeps on its whole tree (``tree.guard_rules``); None: no guard (not Linux).
+    guard: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,7 @@ class Handle(Protocol):
 
     pid: int | None
     target: str | None  # where a person finds it besides its pid (a tmux pane id)
+    guard: GuardRef | None  # the agent's guard (its parent and subreaper), if it has one
 
     def wait(self) -> int | None:
         """Block until the agent ends; its exit status (128 + N for a signal), None if unknown."""

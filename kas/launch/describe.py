@@ -20,6 +20,7 @@ class DryRun:
     env: dict[str, str]
     forced: tuple[str, ...]
     autogroup_nice: int
+    guard: Mapping[str, Any] | None
     extra: Mapping[str, str]
     warnings: tuple[str, ...]
 
@@ -32,6 +33,8 @@ class DryRun:
             "forced": list(self.forced),
             # Not part of the argv: written to /proc/<pid>/autogroup right after launch (0 = left alone).
             "autogroup_nice": self.autogroup_nice,
+            # What the agent's guard keeps on every process of its tree (None: no guard on this system).
+            "guard": dict(self.guard) if self.guard is not None else None,
             **self.extra,
         }
 
@@ -40,17 +43,21 @@ def describe(
     resolved: ResolvedProfile, argv: Sequence[str], mode: str, caller_env: Mapping[str, str]
 ) -> DryRun:
     """The dry run of a launch: the same ``prepare`` a launch uses, plus what the mode adds."""
+    from kas import platform as host
     from kas.launch.modes import launcher_for
     from kas.launch.session import autogroup_here
+    from kas.launch.tree import guard_rules
 
     prepared = prepare(resolved, argv, caller_env)
+    nice = autogroup_here(resolved)
     return DryRun(
         mode=mode,
         profile=resolved.name,
         argv=prepared.argv,
         env=prepared.env,
         forced=tuple(k for k in prepared.env if k in resolved.env),
-        autogroup_nice=autogroup_here(resolved),
+        autogroup_nice=nice,
+        guard=guard_rules(resolved, nice, host.system()),
         extra=launcher_for(mode).describe(prepared),
         warnings=prepared.warnings,
     )

@@ -23,6 +23,7 @@ from kas.errors import KasError, LaunchError
 from kas.launch.base import LaunchSpec, Poll, SpawnOutcome
 from kas.launch.groups import STOP_SIGNALS, exit_code, signal_group, stop_group
 from kas.launch.session import lower_group
+from kas.launch.tree import GuardRef, guarded, signal_tree, stop_tree
 from kas.logwriter import pump
 
 if TYPE_CHECKING:
@@ -40,6 +41,7 @@ def popen(
     stderr: IO[Any] | int | None = None,
     terminal: int | None = None,
     dies_with_parent: bool = False,
+    pass_fds: tuple[int, ...] = (),
 ) -> subprocess.Popen[bytes]:
     """Start argv as a new session leader (or, with ``terminal``, as that terminal's foreground group).
 
@@ -53,7 +55,14 @@ def popen(
         placement["preexec_fn"] = _die_with_parent
     try:
         proc = subprocess.Popen(
-            list(argv), env=dict(env), cwd=cwd, stdin=stdin, stdout=stdout, stderr=stderr, **placement
+            list(argv),
+            env=dict(env),
+            cwd=cwd,
+            stdin=stdin,
+            stdout=stdout,
+            stderr=stderr,
+            pass_fds=pass_fds,
+            **placement,
         )
     except FileNotFoundError:
         raise LaunchError(f"command not found: {argv[0]}") from None
@@ -117,12 +126,17 @@ class SdkHandle:
     """An agent process: our own child (``proc``), or one found again by pid and kernel start time."""
 
     def __init__(
-        self, pid: int, create_time: float | None = None, proc: subprocess.Popen[bytes] | None = None
+        self,
+        pid: int,
+        create_time: float | None = None,
+        proc: subprocess.Popen[bytes] | None = None,
+        guard: GuardRef | None = None,
     ) -> None:
         self.pid: int | None = pid
         self.target: str | None = None
         self.create_time = create_time
-        self.proc = proc
+        self.proc = proc  # our child: the guard, or the agent itself where there is no guard
+        self.guard = guard
         self.pump: threading.Event | None = None  # set once its output is all in the log
 
     def wait(self) -> int | None:
@@ -152,11 +166,13 @@ class SdkHandle:
         agent found again by pid only while the kernel still shows that very process."""
         if not self.pid or (self.proc is None and not self.poll().running):
             return False
+        if self.guard is not None:
+            return signal_tree(self.pid, self.guard, sig)
         return signal_group(self.pid, sig)
 
     def stop(self, grace: float) -> int | None:
         if self.pid and self.poll().running:
-            stop_group(self.pid, grace)
+            stop_tree(self.pid, self.guard, grace)
         if self.proc is not None:
             return exit_code(self.proc.wait())
         return None
@@ -175,18 +191,22 @@ class SdkLauncher:
     def start(self, spec: LaunchSpec) -> SdkHandle:
         """Output goes through a pipe into the bounded log (see kas.logwriter), or nowhere."""
         reader, writer = os.pipe() if spec.log else (-1, subprocess.DEVNULL)
+        guard = guarded(spec.inst_id, spec.guard, spec.prepared.argv, die_with_parent=spec.dies_with_caller)
         try:
             proc = popen(
-                spec.prepared.argv,
+                guard.argv if guard else spec.prepared.argv,
                 spec.env,
                 spec.cwd,
                 stdout=writer,
                 stderr=writer,
-                dies_with_parent=spec.dies_with_caller,
+                dies_with_parent=spec.dies_with_caller and guard is None,
+                pass_fds=(guard.report_w,) if guard else (),
             )
         except LaunchError:
             if spec.log:
                 os.close(reader)
+            if guard:
+                guard.abandon()
             raise
         finally:
             if spec.log:
@@ -194,6 +214,13 @@ class SdkLauncher:
         handle = SdkHandle(proc.pid, proc=proc)
         if spec.log:
             handle.pump = pump(reader, spec.log)
+        if guard:
+            guard.close_parent_end()
+            try:
+                handle.pid, handle.guard = guard.started(proc.pid)
+            except LaunchError:
+                proc.wait()
+                raise
         return handle
 
     def spawn(self, spec: LaunchSpec, registry: Registry, *, foreground: bool) -> SpawnOutcome:
@@ -202,7 +229,8 @@ class SdkLauncher:
         return self._supervised(spec, registry)
 
     def attach(self, inst: Instance) -> SdkHandle:
-        return SdkHandle(inst.pid or 0, inst.pid_create_time)
+        guard = GuardRef(inst.guard_pid, inst.guard_create_time) if inst.guard_pid else None
+        return SdkHandle(inst.pid or 0, inst.pid_create_time, guard=guard)
 
     def describe(self, prepared: Prepared) -> dict[str, str]:
         return {}
@@ -214,46 +242,72 @@ class SdkLauncher:
         return {}
 
     def _foreground(self, spec: LaunchSpec, registry: Registry) -> SpawnOutcome:
-        """Run attached to this terminal; stop signals are forwarded to the agent's whole group.
+        """Run attached to this terminal; stop signals are forwarded to the agent's whole tree.
 
         On a terminal kas holds, the agent gets it as its foreground group (Ctrl-C and keys go straight to
         it) and so shares this terminal's session: kas lowers that session's autogroup nice while the
-        agent runs and puts it back afterwards. Otherwise the agent gets a session of its own. If kas
-        was told to stop, whatever is left of the agent's group (a background job the shell left) is
-        stopped too: nothing kas started outlives it unseen.
+        agent runs and puts it back afterwards. Otherwise the agent gets a session of its own. The guard
+        between kas and the agent ends whatever the agent left behind (a shell's background job, a
+        daemon): nothing kas started outlives it unseen.
         """
         terminal = foreground_terminal()
         stopped: list[int] = []
         started: list[int] = []
         session_group = host.read_autogroup(os.getpid()) if terminal is not None else None
+        guard = guarded(spec.inst_id, spec.guard, spec.prepared.argv, terminal=terminal is not None)
+
+        def send(signum: int) -> None:
+            if guard is None:
+                signal_group(started[0], signum)
+                return
+            with contextlib.suppress(OSError):  # the guard passes it to the agent's whole tree
+                os.kill(started[0], signum)
 
         def forward(signum: int, _frame: Any) -> None:
             stopped.append(signum)
             if started:  # a signal before the start is passed on right after it
-                signal_group(started[0], signum)
+                send(signum)
 
         # In place before the agent starts: a stop signal can never find kas without its forwarder.
         previous = {sig: signal.signal(sig, forward) for sig in STOP_SIGNALS}
         try:
             try:
-                proc = popen(spec.prepared.argv, spec.env, spec.cwd, stdin=None, terminal=terminal)
+                proc = popen(
+                    guard.argv if guard else spec.prepared.argv,
+                    spec.env,
+                    spec.cwd,
+                    stdin=None,
+                    terminal=terminal,
+                    pass_fds=(guard.report_w,) if guard else (),
+                )
             except LaunchError:
+                if guard:
+                    guard.abandon()
                 lifecycle.mark_failed(registry, spec.inst_id)
                 raise
             started.append(proc.pid)
             for signum in stopped:
-                signal_group(proc.pid, signum)
-            outcome = SpawnOutcome(SdkHandle(proc.pid, proc=proc))
-            problem = lower_group(proc.pid, spec.autogroup_nice)
+                send(signum)
+            agent, guard_ref = proc.pid, None
+            if guard:
+                guard.close_parent_end()
+                try:
+                    agent, guard_ref = guard.started(proc.pid)
+                except LaunchError:
+                    proc.wait()
+                    lifecycle.mark_failed(registry, spec.inst_id)
+                    raise
+            outcome = SpawnOutcome(SdkHandle(agent, proc=proc, guard=guard_ref))
+            problem = lower_group(agent, spec.autogroup_nice)
             outcome.warnings += [problem] if problem else []
             try:
-                lifecycle.mark_running(registry, spec.inst_id, proc.pid)
+                lifecycle.mark_running(registry, spec.inst_id, agent, guard=guard_ref)
             except KasError:
-                stop_group(proc.pid, 2.0)  # an agent kas cannot record is not left running
+                stop_tree(agent, guard_ref, 2.0)  # an agent kas cannot record is not left running
                 proc.wait()
                 raise
             status = exit_code(proc.wait())
-            if stopped:  # what the agent left of its group (a shell's background job) goes with it
+            if stopped and guard is None:  # what the agent left of its group (a shell's background job)
                 stop_group(proc.pid, 2.0)
         finally:
             for sig, handler in previous.items():
@@ -282,6 +336,7 @@ class SdkLauncher:
             "cwd": str(spec.cwd),
             "log": str(log),
             "autogroup_nice": spec.autogroup_nice,
+            "guard": dict(spec.guard) if spec.guard is not None else None,
         }
         proc = subprocess.Popen(
             [sys.executable, "-m", "kas.launch.supervisor"],
@@ -303,4 +358,5 @@ class SdkLauncher:
         warnings = [w.removeprefix("kas: ") for w in proc.stderr.read().decode().splitlines() if w]
         row = registry.get(spec.inst_id)
         pid = int(line.split()[1])
-        return SpawnOutcome(SdkHandle(pid, row.pid_create_time if row else None), warnings=warnings)
+        handle = self.attach(row) if row is not None else SdkHandle(pid)
+        return SpawnOutcome(handle, warnings=warnings)

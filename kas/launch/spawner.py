@@ -7,10 +7,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kas import platform as host
 from kas.launch.base import Launcher, LaunchSpec
 from kas.launch.modes import launcher_for
 from kas.launch.prepare import Prepared, ensure_command
 from kas.launch.session import autogroup_here, lower_group
+from kas.launch.tree import guard_rules
 from kas.logwriter import check_limit
 from kas.registry import Instance, Registry, new_id
 from kas.resolver import ResolvedProfile
@@ -80,7 +82,9 @@ def spawn_instance(
         row = registry.insert(new_instance(request, resolved, prepared, launcher))
         foreground = not (request.detach or launcher.always_detached)
         log = None if foreground else log_path(row.id)
-        spec = LaunchSpec(row.id, request.name, prepared, request.cwd, env, log, autogroup_here(resolved))
+        nice = autogroup_here(resolved)
+        rules = guard_rules(resolved, nice, host.system())
+        spec = LaunchSpec(row.id, request.name, prepared, request.cwd, env, log, nice, guard=rules)
         if log is not None:
             registry.update(row.id, log_path=str(log))
         outcome = launcher.spawn(spec, registry, foreground=foreground)

@@ -25,8 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from kas.errors import KasError, LaunchError
-from kas.launch.groups import exit_code, signal_group, stop_group
+from kas.launch.groups import exit_code, signal_group
 from kas.launch.sdk import DRAIN, popen
+from kas.launch.tree import guarded, stop_tree
 from kas.logwriter import RotatingLog, pump
 from kas.status import STOPPED
 from kas.threads import background
@@ -43,10 +44,29 @@ def detached() -> int:
         print(f"error {exc}", flush=True)
         return 2
     reader, writer = os.pipe()  # output goes through the bounded log writer (kas.logwriter)
+    guard = guarded(spec["id"], spec.get("guard"), spec["argv"])
+    agent, guard_ref = 0, None
     try:
-        proc = popen(spec["argv"], spec["env"], Path(spec["cwd"]), stdout=writer, stderr=writer)
+        proc = popen(
+            guard.argv if guard else spec["argv"],
+            spec["env"],
+            Path(spec["cwd"]),
+            stdout=writer,
+            stderr=writer,
+            pass_fds=(guard.report_w,) if guard else (),
+        )
+        agent = proc.pid
+        if guard:
+            guard.close_parent_end()
+            try:
+                agent, guard_ref = guard.started(proc.pid)
+            except LaunchError:
+                proc.wait()
+                raise
     except LaunchError as exc:
         os.close(reader)
+        if guard and not agent:
+            guard.abandon()
         with contextlib.suppress(KasError):
             lifecycle.mark_failed(registry, spec["id"], log_path=spec["log"])
         RotatingLog(Path(spec["log"])).write(f"kas: {exc}\n".encode())
@@ -63,17 +83,18 @@ def detached() -> int:
         lifecycle.mark_running(
             registry,
             spec["id"],
-            proc.pid,
+            agent,
             log_path=spec["log"],
             owner_pid=me,
             owner_create_time=create_time(me),
+            guard=guard_ref,
         )
     except KasError as exc:
-        stop_group(proc.pid, 2.0)  # an agent kas cannot record is not left running
+        stop_tree(agent, guard_ref, 2.0)  # an agent kas cannot record is not left running
         proc.wait()
         print(f"error {exc}", flush=True)
         return 2
-    print(f"pid {proc.pid}", flush=True)
+    print(f"pid {agent}", flush=True)
     sys.stdout.close()
     sys.stderr.close()
     os.close(1)
@@ -104,21 +125,41 @@ def pane(spec_file: Path) -> int:
         env.pop(name, None)
         if name in os.environ:
             env[name] = os.environ[name]
+    guard = guarded(spec["id"], spec.get("guard"), spec["argv"], terminal=terminal is not None)
     try:
-        proc = popen(spec["argv"], env, Path(spec["cwd"]), stdin=None, terminal=terminal)
+        proc = popen(
+            guard.argv if guard else spec["argv"],
+            env,
+            Path(spec["cwd"]),
+            stdin=None,
+            terminal=terminal,
+            pass_fds=(guard.report_w,) if guard else (),
+        )
+        agent = proc.pid
+        if guard:
+            guard.close_parent_end()
+            try:
+                agent, _ = guard.started(proc.pid)
+            except LaunchError:
+                proc.wait()
+                raise
     except LaunchError as exc:
         _say(spec["ready"], {"error": str(exc)}, tmux, spec["ready_channel"])
         print(f"kas: {exc}", file=sys.stderr)
         return 127
 
     def forward(signum: int, _frame: Any) -> None:
-        signal_group(proc.pid, signum)
+        if guard is None:
+            signal_group(proc.pid, signum)
+        else:  # the guard passes it to the agent's whole tree
+            with contextlib.suppress(OSError):
+                os.kill(proc.pid, signum)
 
     for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, forward)
     if spec.get("owner"):
-        _die_with(spec["owner"], proc.pid)
-    _say(spec["ready"], {"pid": proc.pid}, tmux, spec["ready_channel"])
+        _die_with(spec["owner"], proc.pid, guarded=guard is not None)
+    _say(spec["ready"], {"pid": agent, "guard": proc.pid if guard else None}, tmux, spec["ready_channel"])
     status = exit_code(proc.wait())
     pane_id = os.environ.get("TMUX_PANE")
     if pane_id:  # end the log pipe now: nothing of the agent's may linger once its status is known
@@ -141,20 +182,30 @@ def _copy_pane_output(fifo: str, log: str) -> threading.Event:
     return background(lambda: pump(os.open(fifo, os.O_RDONLY), Path(log)).wait())
 
 
-def _die_with(owner: int, agent: int) -> None:
-    """Kill the agent's group when the kas process ``owner`` ends, however it ends (a pidfd wakes us)."""
+def _die_with(owner: int, child: int, *, guarded: bool) -> None:
+    """Kill the agent's tree when the kas process ``owner`` ends, however it ends (a pidfd wakes us).
+
+    ``child`` is the guard (told to kill everything it holds) or, without one, the agent's group leader.
+    """
     import select
     import threading
+
+    def kill() -> None:
+        if guarded:
+            with contextlib.suppress(OSError):
+                os.kill(child, signal.SIGUSR2)
+        else:
+            signal_group(child, signal.SIGKILL)
 
     try:
         fd = os.pidfd_open(owner)
     except (AttributeError, OSError):
-        signal_group(agent, signal.SIGKILL)  # the owner is already gone
+        kill()  # the owner is already gone
         return
 
     def watch() -> None:
         select.select([fd], [], [])
-        signal_group(agent, signal.SIGKILL)
+        kill()
 
     threading.Thread(target=watch, daemon=True).start()
 

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from kas.errors import KasError, LaunchError
 from kas.launch.base import LaunchSpec, Poll, SpawnOutcome
 from kas.launch.groups import signal_group
+from kas.launch.tree import GuardRef, signal_tree, stop_tree
 from kas.statedir import private_dir, state_dir
 
 if TYPE_CHECKING:
@@ -195,12 +196,14 @@ class TmuxHandle:
         pane_id: str | None,
         pid: int | None,
         create_time: float | None = None,
+        guard: GuardRef | None = None,
     ) -> None:
         self.socket = socket
         self.inst_id = inst_id
         self.target = pane_id
         self.pid = pid
         self.create_time = create_time
+        self.guard = guard
 
     def wait(self, check_every: float = 0.5) -> int | None:
         """Block until the agent ends, then return its exit status.
@@ -239,12 +242,19 @@ class TmuxHandle:
 
         if not self.pid or not is_alive(self.pid, self.create_time):
             return False
+        if self.guard is not None:
+            return signal_tree(self.pid, self.guard, sig)
         return signal_group(self.pid, sig)
 
     def stop(self, grace: float) -> int | None:
         import signal
 
-        if self.signal(signal.SIGTERM):
+        if self.guard is not None and self.guard.alive():
+            stop_tree(self.pid, self.guard, grace)
+            end = time.monotonic() + 2
+            while time.monotonic() < end and self.poll().running:
+                wait_channel(self.socket, channel(self.inst_id), 0.1)
+        elif self.signal(signal.SIGTERM):
             deadline = time.monotonic() + grace
             while time.monotonic() < deadline and self.poll().running:
                 wait_channel(
@@ -291,6 +301,8 @@ class TmuxLauncher:
                 "env": dict(spec.env),
                 "from_pane": [name for name in PANE_ENV if name not in spec.prepared.env],  # not forced
                 "cwd": str(spec.cwd),
+                "id": spec.inst_id,
+                "guard": dict(spec.guard) if spec.guard is not None else None,
                 "autogroup_nice": spec.autogroup_nice,
                 "status": str(status_path(spec.inst_id)),
                 "ready": str(ready),
@@ -342,13 +354,15 @@ class TmuxLauncher:
             if isinstance(exc, TmuxError):
                 raise LaunchError(f"tmux: {exc}") from None
             raise
-        pid = self._await_ready(pane_id, spec, ready)
+        pid, guard_pid = self._await_ready(pane_id, spec, ready)
         from kas.probe import create_time
 
-        return TmuxHandle(self.socket, spec.inst_id, pane_id, pid, create_time(pid))
+        guard = GuardRef(guard_pid, create_time(guard_pid)) if guard_pid else None
+        return TmuxHandle(self.socket, spec.inst_id, pane_id, pid, create_time(pid), guard)
 
-    def _await_ready(self, pane_id: str, spec: LaunchSpec, ready: Path) -> int:
-        """The runner says it started the agent (or could not) through a file and a channel."""
+    def _await_ready(self, pane_id: str, spec: LaunchSpec, ready: Path) -> tuple[int, int | None]:
+        """The runner says it started the agent (or could not) through a file and a channel: the agent's
+        pid and its guard's."""
         deadline = time.monotonic() + READY_TIMEOUT
         while True:
             with contextlib.suppress(OSError, ValueError):
@@ -357,7 +371,7 @@ class TmuxLauncher:
                 if "error" in answer:
                     kill(self.socket, pane_id)
                     raise LaunchError(str(answer["error"]))
-                return int(answer["pid"])
+                return int(answer["pid"]), (int(answer["guard"]) if answer.get("guard") else None)
             try:
                 info = pane_info(self.socket, pane_id)
             except NoAnswer:
@@ -377,14 +391,17 @@ class TmuxLauncher:
             lifecycle.mark_failed(registry, spec.inst_id)
             raise
         try:
-            lifecycle.mark_running(registry, spec.inst_id, handle.pid, tmux_target=handle.target)
+            lifecycle.mark_running(
+                registry, spec.inst_id, handle.pid, tmux_target=handle.target, guard=handle.guard
+            )
         except KasError:
             handle.stop(2.0)  # an agent kas cannot record is not left running
             raise
         return SpawnOutcome(handle)
 
     def attach(self, inst: Instance) -> TmuxHandle:
-        return TmuxHandle(inst.tmux_socket, inst.id, inst.tmux_target, inst.pid, inst.pid_create_time)
+        guard = GuardRef(inst.guard_pid, inst.guard_create_time) if inst.guard_pid else None
+        return TmuxHandle(inst.tmux_socket, inst.id, inst.tmux_target, inst.pid, inst.pid_create_time, guard)
 
     def row_fields(self) -> dict[str, str | None]:
         return {"tmux_socket": self.socket}

@@ -19,12 +19,14 @@ from pathlib import Path
 from typing import Any
 
 from kas import lifecycle
+from kas import platform as host
 from kas.errors import LaunchError, RegistryError
 from kas.launch.base import Handle, LaunchSpec
 from kas.launch.groups import MAX_GRACE, STOP_SIGNALS
 from kas.launch.modes import launcher_for
 from kas.launch.prepare import Prepared, ensure_command, prepare
 from kas.launch.session import autogroup_here, lower_group
+from kas.launch.tree import guard_rules
 from kas.logs import LogFollower
 from kas.logwriter import check_limit
 from kas.registry import Instance, Registry, new_id
@@ -142,6 +144,7 @@ class WaveRunner:
             options.mode, tmux_socket=options.tmux_socket, tmux_session=options.tmux_session
         )
         self.autogroup_nice = autogroup_here(resolved)
+        self.rules = guard_rules(resolved, self.autogroup_nice, host.system())
         self.events: Inbox[tuple[str, str, int | None]] = Inbox()
         self.result = RunResult(new_id())
         self.runs: dict[str, TaskRun] = {}
@@ -390,14 +393,25 @@ class WaveRunner:
         if (task.argv[0], env.get("PATH"), task.cwd) not in self.found:  # one look per command and PATH
             ensure_command(task.argv, task.cwd, env)
             self.found.add((task.argv[0], env.get("PATH"), task.cwd))
-        spec = LaunchSpec(run.inst_id, task.name, prepared, task.cwd, env, run.log, self.autogroup_nice)
+        spec = LaunchSpec(
+            run.inst_id,
+            task.name,
+            prepared,
+            task.cwd,
+            env,
+            run.log,
+            self.autogroup_nice,
+            guard=self.rules,
+        )
         handle = run.handle = self.launcher.start(spec)
         run.pid, run.state, run.started = handle.pid, RUNNING, time.time()  # stopped on any error from here
         self.emit("task_promoted", wave=run.wave, task=task.id, pid=run.pid, instance=run.inst_id)
         # Echoed from the log as it grows, after the task's start was reported, in every mode alike.
         follower = LogFollower(run.log, self._echo_to(task.id)) if self._streams else None
         background(self._wait, run.task.id, handle, follower)
-        lifecycle.mark_running(self.registry, run.inst_id, run.pid, tmux_target=handle.target)
+        lifecycle.mark_running(
+            self.registry, run.inst_id, run.pid, tmux_target=handle.target, guard=handle.guard
+        )
 
     @property
     def _streams(self) -> bool:

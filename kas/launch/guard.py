@@ -1,0 +1,549 @@
+"""The guard: one small process per agent that keeps the profile on everything the agent starts.
+
+A ``nice`` prefix reaches the agent and what it forks, but a descendant can leave: ``setsid`` gives it a
+new session and so a new autogroup at nice 0, and a double fork (a daemon) re-parents it away from the
+agent, out of reach of ``kas instance stop``. The guard closes both holes:
+
+- it is the agent's parent and a *child subreaper* (``PR_SET_CHILD_SUBREAPER``), so an orphan anywhere
+  below it re-parents to the guard instead of init: nothing the agent starts leaves its tree;
+- it watches the tree (``/proc``, every ``TICK`` seconds) and lowers what gained priority: a new
+  session's autogroup, a raised nice, a raised I/O class, a lowered ``oom_score_adj``; it only ever
+  lowers (``kas profile apply`` is what moves priorities both ways);
+- when the agent ends, the guard ends what it left behind (SIGTERM, ``LEFTOVER_GRACE``, SIGKILL), as
+  systemd does for a service's control group, unless it was told to let them go (SIGUSR1);
+- it exits with the agent's status (128 + N for a death by signal N), so a launcher waits for the guard
+  as it would for the agent.
+
+Signals it takes: SIGTERM/SIGINT/SIGHUP are passed to the agent's group and every process in the tree
+(a stop reaches escaped sessions and daemons); SIGUSR1 releases the leftovers; SIGUSR2 kills the whole
+tree at once (the owner died, or a stop's grace ran out).
+
+It runs as ``python -I -S guard.py`` and imports only the standard library (no kas, no psutil): it lives
+as long as its agent, once per agent, so its memory is the cost that multiplies. Rules come from a
+private JSON file, re-read when it changes (``kas profile apply`` rewrites it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import sys
+import time
+from typing import Any
+
+TICK = 0.5  # seconds between two looks at the tree: a new session is lowered within one
+# Seconds between SIGTERM and SIGKILL for what an ended agent left behind; after a stop (the signal reached
+# them with the agent), the seconds they get beyond the agent's own end.
+LEFTOVER_GRACE = 2.0
+PR_SET_PDEATHSIG = 1
+PR_SET_CHILD_SUBREAPER = 36
+IOPRIO_WHO_PROCESS = 1
+# (ioprio_set, ioprio_get) by machine; elsewhere the guard leaves I/O classes alone.
+IOPRIO_CALLS = {
+    "x86_64": (251, 252),
+    "i386": (289, 290),
+    "i686": (289, 290),
+    "aarch64": (30, 31),
+    "riscv64": (30, 31),
+    "loongarch64": (30, 31),
+    "armv7l": (314, 315),
+    "ppc64le": (273, 274),
+    "s390x": (282, 283),
+}
+
+
+class Stat:
+    """The fields of ``/proc/PID/stat`` the guard reads."""
+
+    __slots__ = ("nice", "pgid", "ppid", "sid", "start", "state")
+
+    def __init__(self, raw: bytes) -> None:
+        fields = raw.rsplit(b")", 1)[1].split()
+        self.state = fields[0]
+        self.ppid, self.pgid, self.sid = int(fields[1]), int(fields[2]), int(fields[3])
+        self.nice, self.start = int(fields[16]), int(fields[19])
+
+
+def read_stat(pid: int | str) -> Stat | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return Stat(f.read())
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def pids() -> set[int]:
+    return {int(name) for name in os.listdir("/proc") if name.isdigit()}
+
+
+def threads(pid: int) -> list[int]:
+    try:
+        return [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+    except OSError:
+        return []
+
+
+class Kernel:
+    """The few calls Python's ``os`` lacks (prctl, ioprio), through ctypes, loaded once."""
+
+    def __init__(self) -> None:
+        import ctypes
+        import platform
+
+        self.libc = ctypes.CDLL(None, use_errno=True)
+        self.io = IOPRIO_CALLS.get(platform.machine())
+
+    def prctl(self, option: int, value: int) -> bool:
+        return bool(self.libc.prctl(option, value, 0, 0, 0) == 0)
+
+    def ioprio(self, tid: int) -> int | None:
+        if self.io is None:
+            return None
+        value = int(self.libc.syscall(self.io[1], IOPRIO_WHO_PROCESS, tid))
+        return None if value < 0 else value
+
+    def set_ioprio(self, tid: int, value: int) -> bool:
+        return self.io is not None and self.libc.syscall(self.io[0], IOPRIO_WHO_PROCESS, tid, value) == 0
+
+
+def io_rank(prio: int, nice: int) -> tuple[int, int]:
+    """Smaller is more urgent: realtime, then best-effort by level, then idle. Class none means
+    best-effort at the level the nice implies."""
+    klass, level = prio >> 13, prio & 0x1FFF
+    if klass == 1:
+        return (0, level)
+    if klass == 3:
+        return (2, 0)
+    if klass == 0:
+        level = min(7, max(0, (nice + 20) // 5))
+    return (1, level)
+
+
+class Rules:
+    """What the profile asks of every process in the tree; None leaves that property alone."""
+
+    def __init__(self, data: dict[str, Any]) -> None:
+        self.nice: int | None = data.get("nice")
+        self.ioclass: int | None = data.get("ioclass")
+        self.iolevel: int = int(data.get("iolevel") or 0)
+        self.autogroup: int = int(data.get("autogroup") or 0)
+        self.oom: int | None = data.get("oom")
+        self.affinity: list[int] | None = data.get("affinity")
+        self.policy: int | None = data.get("policy")
+
+    @property
+    def ioprio(self) -> int | None:
+        if self.ioclass is None:
+            return None
+        return (self.ioclass << 13) | (self.iolevel if self.ioclass == 2 else 0)
+
+
+class Guard:
+    """Watches one agent's tree and keeps the rules on it."""
+
+    def __init__(self, rules_file: str | None, rules: dict[str, Any]) -> None:
+        self.kernel = Kernel()
+        self.rules_file = rules_file
+        self.rules_mtime: int | None = None
+        self.rules = Rules(rules)
+        self.me = os.getpid()
+        self.agent = 0
+        self.settled = 0.0  # until then the agent is left to its wrapper
+        self.members: dict[int, int] = {}  # pid -> kernel start time (so a recycled pid is not ours)
+        self.fresh: set[int] = set()  # members not yet checked whole (every thread)
+        self.seen: set[int] = pids()
+        self.lowered: dict[int, int] = {}  # session id -> autogroup nice the guard made sure of
+        self.subreaper = False
+        self.adopted = False
+
+    # -- the rules ---------------------------------------------------------------------------------
+    def reload(self) -> bool:
+        """Re-read the rules file if it changed; True if the rules are new."""
+        if not self.rules_file:
+            return False
+        try:
+            mtime = os.stat(self.rules_file).st_mtime_ns
+            if mtime == self.rules_mtime:
+                return False
+            with open(self.rules_file) as f:
+                data = json.load(f)
+        except (OSError, ValueError):
+            return False
+        self.rules_mtime = mtime
+        self.rules = Rules(data)
+        self.lowered.clear()
+        self.fresh.update(self.members)
+        return True
+
+    # -- the tree ----------------------------------------------------------------------------------
+    def scan(self) -> dict[int, Stat]:
+        """Take in processes born into the tree since the last look; return every member's stat."""
+        listing = pids()
+        born = listing - self.seen
+        self.seen = listing
+        pending = {pid: st for pid in born if (st := read_stat(pid)) is not None}
+        found = True
+        while found and pending:  # a child and its parent may both be new
+            found = False
+            for pid, st in list(pending.items()):
+                if st.ppid in self.members or st.ppid == self.me:
+                    self.members[pid] = st.start
+                    self.fresh.add(pid)
+                    del pending[pid]
+                    found = True
+        stats = {}
+        for pid, start in list(self.members.items()):
+            st = read_stat(pid)
+            if st is None or st.start != start:
+                del self.members[pid]
+                self.fresh.discard(pid)
+            else:
+                stats[pid] = st
+        return stats
+
+    def adopt_tree(self, root: int) -> None:
+        """Take ``root`` and everything below it as members (``kas instance adopt``)."""
+        parents: dict[int, list[int]] = {}
+        for pid in self.seen:
+            st = read_stat(pid)
+            if st is not None:
+                parents.setdefault(st.ppid, []).append(pid)
+        todo = [root]
+        while todo:
+            pid = todo.pop()
+            st = read_stat(pid)
+            if st is None:
+                continue
+            self.members[pid] = st.start
+            self.fresh.add(pid)
+            todo.extend(parents.get(pid, []))
+
+    # -- keeping the rules -------------------------------------------------------------------------
+    def enforce(self, stats: dict[int, Stat]) -> None:
+        rules = self.rules
+        for pid, st in stats.items():
+            if st.state in (b"Z", b"X"):
+                continue
+            if pid == self.agent and time.monotonic() < self.settled:
+                continue  # its wrapper (nice -n N: relative) is still setting it up
+            whole = pid in self.fresh
+            self.fresh.discard(pid)
+            if rules.autogroup and self.lowered.get(st.sid) != rules.autogroup:
+                self._autogroup(pid, st.sid, rules.autogroup)
+            if rules.nice is not None:
+                for tid in threads(pid) if whole else [pid]:
+                    tst = st if tid == pid else read_stat(f"{pid}/task/{tid}")
+                    if tst is not None and tst.nice < rules.nice:
+                        try:
+                            os.setpriority(os.PRIO_PROCESS, tid, rules.nice)
+                        except OSError:
+                            pass
+            want = rules.ioprio
+            if want is not None:
+                for tid in threads(pid) if whole else [pid]:
+                    have = self.kernel.ioprio(tid)
+                    if have is not None and io_rank(have, st.nice) < io_rank(want, st.nice):
+                        self.kernel.set_ioprio(tid, want)
+            if rules.oom is not None:
+                self._oom(pid, rules.oom)
+            if whole and rules.affinity is not None:
+                for tid in threads(pid):
+                    try:
+                        os.sched_setaffinity(tid, rules.affinity)
+                    except OSError:
+                        pass
+            if whole and rules.policy is not None:
+                for tid in threads(pid):
+                    try:
+                        if os.sched_getscheduler(tid) != rules.policy:
+                            os.sched_setscheduler(tid, rules.policy, os.sched_param(0))
+                    except OSError:
+                        pass
+
+    def _autogroup(self, pid: int, sid: int, nice: int) -> None:
+        path = f"/proc/{pid}/autogroup"
+        try:
+            with open(path) as f:
+                words = f.read().split()
+            if not words:  # the kernel's root group: its weight cannot be set
+                self.lowered[sid] = nice
+                return
+            if int(words[2]) >= nice:
+                self.lowered[sid] = nice
+                return
+            with open(path, "w") as f:
+                f.write(str(nice))
+            self.lowered[sid] = nice
+        except (OSError, IndexError, ValueError):
+            pass  # rate-limited (one write per 100 ms for a normal user) or gone: next tick
+
+    @staticmethod
+    def _oom(pid: int, value: int) -> None:
+        path = f"/proc/{pid}/oom_score_adj"
+        try:
+            with open(path) as f:
+                if int(f.read()) >= value:
+                    return
+            with open(path, "w") as f:
+                f.write(str(value))
+        except (OSError, ValueError):
+            pass
+
+    # -- signals to the tree -----------------------------------------------------------------------
+    def send(self, sig: int, *, only_agent: bool = False) -> None:
+        if self.agent:
+            try:
+                os.killpg(self.agent, sig)
+            except OSError:
+                pass
+        if only_agent:
+            return
+        for pid in list(self.members):
+            if pid != self.me:
+                try:
+                    os.kill(pid, sig)
+                except OSError:
+                    pass
+
+
+class Run:
+    """The guard's main loop: start the agent, keep the rules, end the tree, pass on the status."""
+
+    def __init__(self, guard: Guard, report_fd: int | None) -> None:
+        self.guard = guard
+        self.report_fd = report_fd
+        self.status: int | None = None
+        self.signals: list[int] = []
+        self.released = False
+        self.stopping = False
+        self.wake_r, self.wake_w = os.pipe()
+        for fd in (self.wake_r, self.wake_w):
+            os.set_blocking(fd, False)
+            os.set_inheritable(fd, False)
+
+    def on_signal(self, signum: int, _frame: Any) -> None:
+        self.signals.append(signum)
+
+    def install(self) -> None:
+        signal.set_wakeup_fd(self.wake_w)
+        for sig in (
+            signal.SIGTERM,
+            signal.SIGINT,
+            signal.SIGHUP,
+            signal.SIGUSR1,
+            signal.SIGUSR2,
+            signal.SIGCHLD,
+        ):
+            signal.signal(sig, self.on_signal)
+        signal.signal(signal.SIGTTOU, signal.SIG_IGN)
+        signal.signal(signal.SIGTTIN, signal.SIG_IGN)
+        signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+
+    def report(self, text: str) -> None:
+        if self.report_fd is not None:
+            try:
+                os.write(self.report_fd, text.encode() + b"\n")
+                os.close(self.report_fd)
+            except OSError:
+                pass
+            self.report_fd = None
+
+    def start(self, argv: list[str], terminal: bool) -> bool:
+        """Fork and exec the agent in a process group of its own; False (reported) if it cannot run."""
+        check_r, check_w = os.pipe()
+        os.set_inheritable(check_w, False)
+        pid = os.fork()
+        if pid == 0:  # the agent, between fork and exec
+            try:
+                os.close(check_r)
+                for sig in range(1, signal.NSIG):
+                    try:
+                        if sig not in (signal.SIGKILL, signal.SIGSTOP):
+                            signal.signal(sig, signal.SIG_DFL)
+                    except (OSError, ValueError):
+                        pass
+                signal.set_wakeup_fd(-1)
+                os.setpgid(0, 0)
+                if terminal:
+                    signal.signal(signal.SIGTTOU, signal.SIG_IGN)
+                    os.tcsetpgrp(0, os.getpgrp())
+                    signal.signal(signal.SIGTTOU, signal.SIG_DFL)
+                signal.pthread_sigmask(signal.SIG_SETMASK, [])
+                os.execvp(argv[0], argv)
+            except OSError as exc:
+                os.write(check_w, f"{exc.errno} {argv[0]}".encode())
+            finally:
+                os._exit(127)
+        os.close(check_w)
+        failure = b""
+        while chunk := os.read(check_r, 512):
+            failure += chunk
+        os.close(check_r)
+        if failure:
+            os.waitpid(pid, 0)
+            errno_text, _, name = failure.decode(errors="replace").partition(" ")
+            import errno as errnos
+
+            code = int(errno_text)
+            if code == errnos.ENOENT:
+                self.report(f"error command not found: {name}")
+            elif code == errnos.EACCES:
+                self.report(f"error permission denied: {name}")
+            else:
+                self.report(f"error cannot start {name}: {os.strerror(code)}")
+            return False
+        self.guard.agent = pid
+        self.guard.settled = time.monotonic() + 1.0
+        st = read_stat(pid)
+        self.guard.members[pid] = st.start if st is not None else 0
+        self.guard.fresh.add(pid)
+        self.report(f"pid {pid}")
+        return True
+
+    def reap(self) -> bool:
+        """Collect ended children; False once the guard has no child left."""
+        while True:
+            try:
+                pid, wstatus = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return False
+            if pid == 0:
+                return True
+            if pid == self.guard.agent and self.status is None:
+                code = os.waitstatus_to_exitcode(wstatus)
+                self.status = 128 - code if code < 0 else code
+
+    def handle_signals(self) -> None:
+        while self.signals:
+            sig = self.signals.pop(0)
+            if sig == signal.SIGCHLD:
+                continue
+            if sig == signal.SIGUSR1:
+                self.released = True
+            elif sig == signal.SIGUSR2:
+                self.kill_all()
+            else:
+                self.stopping = True
+                self.guard.send(sig, only_agent=self.released)
+                self.guard.send(signal.SIGCONT, only_agent=self.released)
+
+    def kill_all(self) -> None:
+        """SIGKILL the whole tree until nothing of it is left (a fork between two looks is caught next)."""
+        self.stopping = True
+        for _ in range(100):
+            stats = self.guard.scan()
+            self.guard.send(signal.SIGKILL)
+            self.reap()
+            if not any(st.state not in (b"Z", b"X") for st in stats.values()):
+                return
+            time.sleep(0.02)
+
+    def sleep(self, timeout: float) -> None:
+        try:
+            select.select([self.wake_r], [], [], timeout)
+            while os.read(self.wake_r, 512):
+                pass
+        except (BlockingIOError, InterruptedError):
+            pass
+
+    def loop(self) -> int:
+        guard = self.guard
+        deadline: float | None = None
+        while True:
+            self.handle_signals()
+            self.reap()
+            guard.reload()
+            stats = guard.scan()
+            guard.enforce(stats)
+            agent_done = self.status is not None or (guard.adopted and guard.agent not in stats)
+            if agent_done:
+                if self.released:
+                    return self.status or 0
+                left = any(st.state not in (b"Z", b"X") for pid, st in stats.items() if pid != guard.agent)
+                if not left:
+                    return self.status if self.status is not None else 0
+                if deadline is None:
+                    if not self.stopping:
+                        guard.send(signal.SIGTERM)
+                        guard.send(signal.SIGCONT)
+                    deadline = time.monotonic() + LEFTOVER_GRACE
+                elif time.monotonic() >= deadline:
+                    self.kill_all()
+                    self.reap()
+                    return self.status if self.status is not None else 0
+                self.sleep(0.05)
+                continue
+            self.sleep(TICK)
+
+
+def parse(args: list[str]) -> dict[str, Any]:
+    opts: dict[str, Any] = {"rules": {}, "rules_file": None, "report_fd": None, "terminal": False}
+    opts.update(die_with_parent=False, adopt=None, argv=[])
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg == "--":
+            opts["argv"] = args[i + 1 :]
+            break
+        if arg in ("--terminal", "--die-with-parent"):
+            opts[arg[2:].replace("-", "_")] = True
+            i += 1
+            continue
+        value = args[i + 1]
+        if arg == "--rules":
+            opts["rules"] = json.loads(value)
+        elif arg == "--rules-file":
+            opts["rules_file"] = value
+        elif arg == "--report-fd":
+            opts["report_fd"] = int(value)
+        elif arg == "--adopt":
+            opts["adopt"] = int(value)
+        else:
+            raise SystemExit(f"kas guard: unknown option {arg}")
+        i += 2
+    return opts
+
+
+def main(args: list[str]) -> int:
+    opts = parse(args)
+    guard = Guard(opts["rules_file"], opts["rules"])
+    guard.reload()
+    run = Run(guard, opts["report_fd"])
+    run.install()
+    if opts["die_with_parent"]:
+        parent = os.getppid()
+        guard.kernel.prctl(PR_SET_PDEATHSIG, signal.SIGUSR2)
+        if os.getppid() != parent:
+            os.kill(os.getpid(), signal.SIGUSR2)
+    if opts["adopt"]:
+        guard.adopted = True
+        guard.agent = opts["adopt"]
+        guard.adopt_tree(opts["adopt"])
+        run.report(f"pid {opts['adopt']}")
+    else:
+        guard.subreaper = guard.kernel.prctl(PR_SET_CHILD_SUBREAPER, 1)
+        if guard.rules.autogroup and os.getsid(0) == os.getpid():
+            guard._autogroup(os.getpid(), os.getpid(), guard.rules.autogroup)  # before the agent runs
+        if guard.rules.oom is not None:
+            guard._oom(os.getpid(), guard.rules.oom)
+        if not run.start(opts["argv"], opts["terminal"]):
+            return 127
+    # The guard holds nothing of the agent's I/O: a log pipe ends when the agent's tree closes it.
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    os.close(null)
+    try:
+        return run.loop()
+    finally:
+        if guard.rules_file:
+            try:
+                os.unlink(guard.rules_file)
+            except OSError:
+                pass
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,215 @@
+"""An agent's whole tree, as kas reaches it from outside: the guard's command line and rules, its first
+word (the agent's pid), and signals and stops that reach every process below the guard.
+
+The guard itself (``guard.py``) is a separate, standard-library-only program; this module is what the
+launchers and ``kas instance`` use to start it and to talk to it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from kas.errors import LaunchError
+from kas.launch.groups import MAX_GRACE, signal_group
+from kas.resolver import ResolvedProfile
+from kas.statedir import private_dir, state_dir
+
+GUARD_PROGRAM = Path(__file__).with_name("guard.py")
+IOCLASS = {"best-effort": 2, "idle": 3}
+REPORT_TIMEOUT = 20.0  # a guard that has not started its agent by then is taken as broken
+KILL_PATIENCE = 2.0  # after SIGUSR2 (kill everything), how long the guard gets to report the tree gone
+
+
+class GuardRef(NamedTuple):
+    """A running guard, identified as the kernel knows it (a recycled pid has another start time)."""
+
+    pid: int
+    create_time: float | None
+
+    def alive(self) -> bool:
+        from kas.probe import is_alive
+
+        return is_alive(self.pid, self.create_time)
+
+
+def guard_rules(resolved: ResolvedProfile, autogroup_nice: int, platform: str) -> dict[str, Any] | None:
+    """What the guard keeps on every process of the tree; None where there is no guard (not Linux).
+
+    Under ``normal`` the rules are empty: the guard still holds the tree (nothing escapes a stop), it only
+    lowers nothing.
+    """
+    if not platform.startswith("linux"):
+        return None
+    s = resolved.settings
+    rules: dict[str, Any] = {"autogroup": autogroup_nice}
+    if resolved.active:
+        rules["nice"] = s.nice
+        if s.ionice_class in IOCLASS:
+            rules.update(ioclass=IOCLASS[s.ionice_class], iolevel=s.ionice_level)
+        rules["oom"] = s.oom_score_adj
+    return rules
+
+
+def rules_path(inst_id: str) -> Path:
+    return private_dir(state_dir() / "guards") / f"{inst_id}.json"
+
+
+def write_rules(inst_id: str, rules: Mapping[str, Any]) -> Path:
+    """Write the rules whole (0600, then renamed into place), so the guard never reads half a file."""
+    path = rules_path(inst_id)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        json.dump(dict(rules), out)
+    os.replace(tmp, path)
+    return path
+
+
+def guard_argv(
+    rules_file: Path,
+    argv: list[str],
+    *,
+    report_fd: int,
+    terminal: bool = False,
+    die_with_parent: bool = False,
+    adopt: int | None = None,
+) -> list[str]:
+    """The command that runs ``argv`` under a guard: an isolated interpreter (``-I -S``: no site, no
+    user paths), which keeps the per-agent process small and deaf to the agent's PYTHON* variables."""
+    command = [sys.executable, "-I", "-S", str(GUARD_PROGRAM), "--rules-file", str(rules_file)]
+    command += ["--report-fd", str(report_fd)]
+    command += ["--terminal"] if terminal else []
+    command += ["--die-with-parent"] if die_with_parent else []
+    command += ["--adopt", str(adopt)] if adopt else []
+    return [*command, "--", *argv]
+
+
+def read_report(fd: int, timeout: float = REPORT_TIMEOUT) -> int:
+    """The guard's first line: ``pid N`` once the agent runs, or ``error TEXT`` (a ``LaunchError``)."""
+    import select
+
+    data = b""
+    deadline = time.monotonic() + timeout
+    try:
+        while not data.endswith(b"\n"):
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([fd], [], [], left)[0]:
+                raise LaunchError("the agent's guard did not start it in time")
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                break
+            data += chunk
+    finally:
+        os.close(fd)
+    line = data.decode(errors="replace").strip()
+    if line.startswith("pid "):
+        return int(line.split()[1])
+    raise LaunchError(line.removeprefix("error ") or "the agent's guard ended before starting it")
+
+
+def descendants(root: int) -> list[int]:
+    """Every process below ``root`` (the guard keeps orphans there, so this is the agent's whole tree)."""
+    import psutil
+
+    try:
+        return [p.pid for p in psutil.Process(root).children(recursive=True)]
+    except psutil.Error:
+        return []
+
+
+def signal_tree(pid: int | None, guard: GuardRef | None, sig: int) -> bool:
+    """Signal the agent's group and, with a live guard, every process in its tree; False if none was there.
+
+    Used for SIGSTOP/SIGCONT (pause), which the guard could not pass on: a stopped process cannot be told.
+    """
+    reached = signal_group(pid, sig) if pid else False
+    if guard is not None and guard.alive():
+        for member in descendants(guard.pid):
+            try:
+                os.kill(member, sig)
+                reached = True
+            except OSError:
+                pass
+    return reached
+
+
+def stop_tree(pid: int | None, guard: GuardRef | None, grace: float) -> None:
+    """SIGTERM the whole tree (escaped sessions and daemons too), SIGKILL whatever is left after ``grace``.
+
+    With a live guard it is the guard that passes SIGTERM to every process it holds; it exits once the
+    agent and all it left are gone. Without one (an agent started before guards, or elsewhere than
+    Linux) the agent's process group is what kas can reach.
+    """
+    from kas.launch.groups import stop_group
+    from kas.probe import wait_gone
+
+    if guard is None or not guard.alive():
+        if pid:
+            stop_group(pid, grace)
+        return
+    os.kill(guard.pid, signal.SIGTERM)
+    wait_gone(guard.pid, guard.create_time, timeout=min(max(grace, 0.0), MAX_GRACE))
+    if guard.alive():
+        os.kill(guard.pid, signal.SIGUSR2)
+        wait_gone(guard.pid, guard.create_time, timeout=KILL_PATIENCE)
+    if pid:
+        signal_group(pid, signal.SIGKILL)
+
+
+def release(guard: GuardRef | None) -> bool:
+    """Tell the guard to let the agent's daemons go when it ends (``instance stop --keep-daemons``)."""
+    if guard is None or not guard.alive():
+        return False
+    os.kill(guard.pid, signal.SIGUSR1)
+    return True
+
+
+class Guarded(NamedTuple):
+    """A command about to start under a guard, and the pipe on which the guard will name the agent."""
+
+    argv: list[str]
+    report_r: int
+    report_w: int
+
+    def close_parent_end(self) -> None:
+        os.close(self.report_w)
+
+    def abandon(self) -> None:
+        for fd in (self.report_r, self.report_w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    def started(self, guard_pid: int) -> tuple[int, GuardRef]:
+        """After the guard started: the agent's pid (read from the guard) and the guard's identity."""
+        from kas.probe import create_time
+
+        agent = read_report(self.report_r)
+        return agent, GuardRef(guard_pid, create_time(guard_pid))
+
+
+def guarded(
+    inst_id: str,
+    rules: Mapping[str, Any] | None,
+    argv: list[str],
+    *,
+    terminal: bool = False,
+    die_with_parent: bool = False,
+) -> Guarded | None:
+    """Put ``argv`` under a guard (None where there are no rules: no guard on this system)."""
+    if rules is None:
+        return None
+    rules_file = write_rules(inst_id, rules)
+    report_r, report_w = os.pipe()
+    os.set_inheritable(report_r, False)
+    command = guard_argv(
+        rules_file, argv, report_fd=report_w, terminal=terminal, die_with_parent=die_with_parent
+    )
+    return Guarded(command, report_r, report_w)
