@@ -11,13 +11,14 @@ import contextlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from kas import lifecycle
 from kas.launch.base import Handle
 from kas.launch.modes import launcher_for
 from kas.logwriter import rotated
 from kas.registry import Instance, Registry
+from kas.resolver import ResolvedProfile, Settings, autogroup_target
 from kas.statedir import state_dir
 from kas.status import (
     ACTIVE,
@@ -57,6 +58,19 @@ class LiveView:
         return data
 
 
+class Recorded(NamedTuple):
+    """What a row's recorded profile asks of its tree."""
+
+    resolved: ResolvedProfile
+    autogroup: int  # the autogroup nice it asks for (0: none)
+
+
+def recorded(inst: Instance) -> Recorded:
+    """The profile an instance runs under, rebuilt from its row (after ``profile apply``, the new one)."""
+    resolved = ResolvedProfile(inst.resource_profile, Settings.from_dict(inst.settings), {})
+    return Recorded(resolved, autogroup_target(resolved))
+
+
 def handle(inst: Instance) -> Handle:
     """The launcher's handle on a registered agent."""
     return launcher_for(inst.mode, tmux_socket=inst.tmux_socket).attach(inst)
@@ -87,7 +101,11 @@ def refresh(registry: Registry, inst: Instance, *, probe_tree: bool = True) -> L
         if inst.owner_pid and probe.is_alive(inst.owner_pid, inst.owner_create_time):
             return LiveView(inst, RUNNING)  # ending: its owner (supervisor, wave runner) records how
         return settle(registry, inst, poll.exit_status)
-    procs = probe.process_tree(inst.pid, inst.pid_create_time) if (probe_tree and inst.pid) else []
+    procs = []
+    if probe_tree and inst.pid:
+        procs = probe.agent_tree(
+            inst.pid, inst.pid_create_time, inst.guard_pid, inst.guard_create_time, recorded(inst).autogroup
+        )
     if inst.pid and probe.is_stopped(inst.pid):
         return LiveView(inst, PAUSED, procs)
     orphaned = inst.owner_pid and not probe.is_alive(inst.owner_pid, inst.owner_create_time)

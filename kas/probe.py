@@ -28,6 +28,11 @@ class ProcFacts:
     autogroup_nice: int | None = None
     cgroup: str | None = None
     problems: list[str] = field(default_factory=list)
+    ppid: int | None = None
+    session: int | None = None
+    # What sets it apart in the agent's tree: "own session" (it left the agent's session: setsid),
+    # "daemon" (its parent ended and the guard took it in), "lowered" (the guard lowered its session).
+    marks: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -49,6 +54,11 @@ def read_process(proc: Any) -> ProcFacts:
     with proc.oneshot():
         name = proc.name()
         nice = proc.nice()
+        ppid = proc.ppid()
+    try:
+        session: int | None = os.getsid(proc.pid)
+    except OSError:
+        session = None
     io_class: str | None = None
     io_level: int | None = None
     if hasattr(proc, "ionice"):
@@ -67,6 +77,8 @@ def read_process(proc: Any) -> ProcFacts:
         io_level,
         autogroup_nice=group[1] if group else None,
         cgroup=host.read_cgroup(proc.pid),
+        ppid=ppid,
+        session=session,
     )
 
 
@@ -87,6 +99,40 @@ def process_tree(pid: int, create_time: float | None = None) -> list[ProcFacts]:
             facts.append(read_process(proc))
         except psutil.Error:
             continue
+    return facts
+
+
+def agent_tree(
+    pid: int,
+    create_time: float | None,
+    guard: int | None = None,
+    guard_create_time: float | None = None,
+    autogroup_target: int = 0,
+) -> list[ProcFacts]:
+    """The agent first, then everything its guard holds (what the agent left in other sessions and the
+    daemons it started), each marked by how it differs from the agent; without a live guard, the agent's
+    own descendants."""
+    import psutil
+
+    facts = process_tree(pid, create_time)
+    if not facts or not guard or not is_alive(guard, guard_create_time):
+        return facts
+    known = {f.pid for f in facts}
+    try:
+        extra = [p for p in psutil.Process(guard).children(recursive=True) if p.pid not in known]
+    except psutil.Error:
+        extra = []
+    for proc in extra:
+        with contextlib.suppress(psutil.Error):
+            facts.append(read_process(proc))
+    home = facts[0].session
+    for fact in facts[1:]:
+        if fact.session != home:
+            fact.marks.append("own session")
+            if autogroup_target and fact.autogroup_nice == autogroup_target:
+                fact.marks.append("lowered")
+        if fact.ppid == guard:
+            fact.marks.append("daemon")
     return facts
 
 

@@ -153,10 +153,11 @@ def show(app: App, inst_id: str, as_json: bool) -> None:
                     p.io,
                     "-" if p.autogroup_nice is None else p.autogroup_nice,
                     p.cgroup or "-",
+                    ", ".join(p.marks + p.problems) or "-",
                 )
                 for p in view.procs
             ),
-            ("PID", "NAME", "NI", "IO", "AG", "CGROUP"),
+            ("PID", "NAME", "NI", "IO", "AG", "CGROUP", "NOTES"),
         )
 
 

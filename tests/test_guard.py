@@ -1,0 +1,140 @@
+"""The guard keeps the profile on everything an agent starts, and nothing it starts outlives kas's control.
+
+Real agents whose descendants leave: a child in a session of its own, a double-forked daemon, a child that
+raises its own priority. Read back through /proc and psutil, in both modes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+from click.testing import CliRunner, Result
+
+from kas import platform as host
+from kas.cli import main
+from tests.conftest import KAS
+from tests.helpers import make_fifo, read_report, still_running
+
+ESCAPER = str(Path(__file__).with_name("escaper.py"))
+WITHIN = 1.5  # the guard looks every 0.5 s and must act within 1 s; the rest is a loaded machine's slack
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the guard is Linux's")
+
+
+def cli(*args: str) -> Result:
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+def cli_json(*args: str) -> Any:
+    result = cli(*args)
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def autogroup(pid: int) -> int | None:
+    group = host.read_autogroup(pid)
+    return group[1] if group else None
+
+
+def oom(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/oom_score_adj").read_text())
+
+
+def io(pid: int) -> tuple[int, int]:
+    value = psutil.Process(pid).ionice()
+    return int(value.ioclass), int(value.value)
+
+
+def eventually(check: Any, within: float = WITHIN) -> Any:
+    """Poll ``check`` until it is truthy (the guard has no event a test could wait on); fail after ``within``."""
+    deadline = time.monotonic() + within
+    while not (value := check()):
+        assert time.monotonic() < deadline, f"not within {within}s"
+        time.sleep(0.05)
+    return value
+
+
+@pytest.fixture
+def cleanup() -> Iterator[list[int]]:
+    """Pids a test started: killed afterwards whatever the outcome, so a failure leaves no sleeper."""
+    pids: list[int] = []
+    yield pids
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+
+
+def spawn_escaper(mode: str, fifo: Path, *extra: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    row = cli_json("spawn", "--detach", "--mode", mode, "--json", "--", sys.executable, ESCAPER, str(fifo), *extra)
+    return row, read_report(fifo)
+
+
+@pytest.fixture(params=["sdk", "tmux"])
+def mode(request: pytest.FixtureRequest) -> str:
+    if request.param == "tmux":
+        request.getfixturevalue("tmux_socket")
+    return str(request.param)
+
+
+def test_escaped_sessions_are_lowered_and_stopped_with_the_agent(mode: str, interactive, tmp_path: Path, cleanup) -> None:
+    row, report = spawn_escaper(mode, make_fifo(tmp_path / "r"))
+    escaped = [report["session"], report["daemon"]]
+    cleanup += [report["pid"], *escaped]
+    assert row["guard_pid"] and psutil.Process(report["pid"]).ppid() == row["guard_pid"]
+    # The daemon's parent exited: it went to the guard (a subreaper), not to init, so it is still in the tree.
+    assert psutil.Process(report["daemon"]).ppid() == row["guard_pid"]
+    if host.autogroup_enabled():
+        eventually(lambda: [autogroup(pid) for pid in escaped] == [19, 19])
+    for pid in escaped:  # a grandchild (the daemon) too
+        assert psutil.Process(pid).nice() == 10 and io(pid) == (2, 7) and oom(pid) == 500
+    shown = cli_json("instance", "show", "--json", row["id"])
+    assert {p["pid"] for p in shown["live"]} >= {report["pid"], *escaped}
+    assert cli("instance", "stop", row["id"]).exit_code == 0
+    assert still_running([report["pid"], *escaped]) == []
+
+
+def test_a_descendant_that_raises_its_priority_is_put_back(interactive, tmp_path: Path, cleanup) -> None:
+    _, report = spawn_escaper("sdk", make_fifo(tmp_path / "r"), "raise")
+    cleanup += [report["pid"], report["session"], report["daemon"], report["raiser"]]
+    raiser = report["raiser"]
+    eventually(lambda: psutil.Process(raiser).nice() == 10 and io(raiser) == (2, 7) and oom(raiser) == 500)
+
+
+def test_what_an_agent_leaves_behind_ends_with_it(project: Path, tmp_path: Path) -> None:
+    """A foreground spawn and a wave task whose agents exit and leave a setsid'd or double-forked sleeper."""
+    record = tmp_path / "left"
+    script = f"setsid sleep 301 & echo $! >> {record}; (setsid sleep 302 & echo $! >> {record}); exit 4"
+    done = subprocess.run([KAS, "spawn", "--", "sh", "-c", script], cwd=project, timeout=30)
+    assert done.returncode == 4
+    plan = project / "plan.toml"
+    plan.write_text(f'name = "w"\n[[waves]]\n[[waves.tasks]]\nid = "t"\ncommand = ["sh", "-c", {json.dumps(script)}]\n')
+    subprocess.run([KAS, "wave", "run", "--yes", str(plan)], cwd=project, timeout=60, capture_output=True)
+    left = [int(line) for line in record.read_text().split()]
+    assert len(left) == 4
+    try:
+        assert still_running(left, timeout=1) == []
+    finally:
+        for pid in left:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+
+
+def test_a_guard_passes_on_the_agents_status(project: Path) -> None:
+    assert subprocess.run([KAS, "spawn", "--", "sh", "-c", "exit 7"], cwd=project).returncode == 7
+    assert subprocess.run([KAS, "spawn", "--", "sh", "-c", "kill -TERM $$"], cwd=project).returncode == 143
+    missing = subprocess.run([KAS, "spawn", "--", "no-such-command-kas"], cwd=project, capture_output=True, text=True)
+    assert missing.returncode != 0 and "command not found" in missing.stderr
