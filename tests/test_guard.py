@@ -138,3 +138,63 @@ def test_a_guard_passes_on_the_agents_status(project: Path) -> None:
     assert subprocess.run([KAS, "spawn", "--", "sh", "-c", "kill -TERM $$"], cwd=project).returncode == 143
     missing = subprocess.run([KAS, "spawn", "--", "no-such-command-kas"], cwd=project, capture_output=True, text=True)
     assert missing.returncode != 0 and "command not found" in missing.stderr
+
+
+def unprivileged() -> list[str]:
+    """Run as root without any capability: the kernel's limits for a desktop user (nice only up, one
+    autogroup write per 100 ms, oom_score_adj only up) apply, while root's files stay readable."""
+    if os.geteuid() != 0:
+        return []
+    return ["setpriv", "--inh-caps=-all", "--bounding-set=-all", "--"]
+
+
+def test_profile_apply_moves_a_live_agents_tree_both_ways(interactive, project: Path, tmp_path: Path, cleanup) -> None:
+    fifo = make_fifo(tmp_path / "r")
+    started = subprocess.run(
+        [*unprivileged(), KAS, "spawn", "--detach", "--json", "--", sys.executable, ESCAPER, str(fifo)],
+        cwd=project, capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert started.returncode == 0, started.stderr
+    row = json.loads(started.stdout)
+    report = read_report(fifo)
+    tree = [report["pid"], report["session"], report["daemon"]]
+    cleanup += tree
+    groups = host.autogroup_enabled()
+    if groups:
+        eventually(lambda: {autogroup(pid) for pid in tree} == {19})
+
+    def apply(profile: str) -> dict[str, Any]:
+        done = subprocess.run([*unprivileged(), KAS, "profile", "apply", profile, row["id"], "--json"],
+                              cwd=project, capture_output=True, text=True, timeout=30)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        [result] = json.loads(done.stdout)
+        return dict(result)
+
+    lighter = apply("normal")
+    assert lighter["previous"] == "interactive" and lighter["profile"] == "normal"
+    assert {io(pid) for pid in tree} == {(0, 0)}  # class none again: I/O follows the CPU priority
+    assert {psutil.Process(pid).nice() for pid in tree} == {10}  # a nice cannot go back down...
+    assert any("nice stays 10" in note for note in lighter["kept"])  # ...and kas says so
+    if groups:
+        assert {autogroup(pid) for pid in tree} == {0}
+    time.sleep(0.6)  # a full guard tick with the new rules: it must not put the old ones back
+    if groups:
+        assert {autogroup(pid) for pid in tree} == {0}
+    shown = cli_json("instance", "show", "--json", row["id"])
+    assert shown["resource_profile"] == "normal" and shown["applied_from"] == "interactive" and shown["applied_at"]
+
+    heavier = apply("interactive")
+    assert heavier["previous"] == "normal" and not heavier["kept"]
+    assert {io(pid) for pid in tree} == {(2, 7)}
+    if groups:
+        assert {autogroup(pid) for pid in tree} == {19}
+    # What the agent starts after the switch gets the new profile from the guard too.
+    assert cli_json("instance", "show", "--json", row["id"])["settings"]["ionice_class"] == "best-effort"
+
+
+def test_profile_apply_needs_ids_or_all_and_names_a_finished_one(project: Path) -> None:
+    result = cli("profile", "apply", "normal")
+    assert result.exit_code == 2 and "give instance ids or --all" in result.output
+    result = cli("profile", "apply", "normal", "nosuchid")
+    assert result.exit_code == 2 and "no instance 'nosuchid'" in result.output
+    assert cli_json("profile", "apply", "interactive", "--all", "--json") == []

@@ -11,30 +11,17 @@ from kas.cli.app import App
 from kas.cli.complete import instance_ids
 from kas.cli.options import Seconds, grace_option, json_option
 from kas.cli.output import safe
+from kas.cli.selection import ALL_OPTION, find_instance, open_registry, select_instances
 from kas.errors import KasError
 
 if TYPE_CHECKING:
     from kas.cli.output import Output
     from kas.instances import LiveView
-    from kas.registry import Instance, Registry
 
 
 @click.group()
 def instance() -> None:
     """List, inspect, read, pause, stop and prune the agents kas started."""
-
-
-def _open(app: App) -> Registry:
-    from kas.registry import Registry
-
-    return Registry(warn=app.out.warn)
-
-
-def _find(registry: Registry, inst_id: str) -> Instance:
-    inst = registry.get(inst_id)
-    if inst is None:
-        raise KasError(f"no instance '{inst_id}'; see `kas instance list --all`")
-    return inst
 
 
 def age(seconds: float) -> str:
@@ -65,7 +52,7 @@ def list_instances(app: App, show_all: bool, as_json: bool) -> None:
     from kas.status import FINISHED
 
     out = app.output(as_json)
-    registry = _open(app)
+    registry = open_registry(app)
     try:
         views = [refresh(registry, inst) for inst in registry.instances(include_finished=show_all)]
     finally:
@@ -112,9 +99,9 @@ def show(app: App, inst_id: str, as_json: bool) -> None:
     from kas.instances import refresh
 
     out = app.output(as_json)
-    registry = _open(app)
+    registry = open_registry(app)
     try:
-        view = refresh(registry, _find(registry, inst_id))
+        view = refresh(registry, find_instance(registry, inst_id))
     finally:
         registry.close()
     if as_json:
@@ -124,6 +111,8 @@ def show(app: App, inst_id: str, as_json: bool) -> None:
     rows: list[tuple[str, object]] = [("id", inst.id), ("name", inst.name), ("status", view.label)]
     if inst.resource_profile != "normal":
         rows.append(("profile", inst.resource_profile))
+    if inst.applied_at:
+        rows.append(("profile applied", f"{_when(inst.applied_at)} (was {inst.applied_from})"))
     rows += [
         ("mode", inst.mode),
         ("pid", inst.pid or "-"),
@@ -182,9 +171,9 @@ def logs(app: App, inst_id: str, follow: bool, lines: int | None) -> None:
     from kas.logs import LogFollower, tail_from_line
     from kas.status import ACTIVE
 
-    registry = _open(app)
+    registry = open_registry(app)
     try:
-        inst = refresh(registry, _find(registry, inst_id), probe_tree=False).inst
+        inst = refresh(registry, find_instance(registry, inst_id), probe_tree=False).inst
     finally:
         registry.close()
     if inst.status == "pending":
@@ -204,26 +193,12 @@ def logs(app: App, inst_id: str, follow: bool, lines: int | None) -> None:
         follower.stop()
 
 
-def _targets(registry: Registry, inst_ids: tuple[str, ...], every: bool) -> list[Instance]:
-    """The instances named (all valid before anything is done), or with --all every unfinished one."""
-    from kas.status import FINISHED
-
-    if every == bool(inst_ids):
-        raise click.UsageError("give instance ids or --all (not both)")
-    if every:
-        return [i for i in registry.instances(include_finished=False) if i.status not in FINISHED]
-    return [_find(registry, inst_id) for inst_id in inst_ids]
-
-
 def _report(out: Output, views: list[LiveView]) -> None:
     if out.as_json:
         out.json([{"id": v.inst.id, "status": v.status, "exit_status": v.inst.exit_status} for v in views])
         return
     for view in views:
         out.line(f"{view.inst.id}  {out.status(view.label)}")
-
-
-ALL_OPTION = click.option("--all", "every", is_flag=True, help="Every agent that has not finished.")
 
 
 @instance.command("stop", short_help="Stop agents: SIGTERM, then SIGKILL.")
@@ -240,9 +215,9 @@ def stop(app: App, inst_ids: tuple[str, ...], every: bool, grace: float, as_json
     from kas.instances import stop as stop_instance
 
     out = app.output(as_json)
-    registry = _open(app)
+    registry = open_registry(app)
     try:
-        views = [stop_instance(registry, inst, grace) for inst in _targets(registry, inst_ids, every)]
+        views = [stop_instance(registry, inst, grace) for inst in select_instances(registry, inst_ids, every)]
     finally:
         registry.close()
     _report(out, views)
@@ -276,9 +251,9 @@ def _pause(app: App, inst_ids: tuple[str, ...], every: bool, as_json: bool, *, r
     from kas.instances import pause
 
     out = app.output(as_json)
-    registry = _open(app)
+    registry = open_registry(app)
     try:
-        views = [pause(registry, inst, resume=resume) for inst in _targets(registry, inst_ids, every)]
+        views = [pause(registry, inst, resume=resume) for inst in select_instances(registry, inst_ids, every)]
     finally:
         registry.close()
     _report(out, views)
@@ -302,7 +277,7 @@ def prune(app: App, older_than: float | None, keep_logs: bool, as_json: bool) ->
     from kas.instances import prune as prune_finished
 
     out = app.output(as_json)
-    registry = _open(app)
+    registry = open_registry(app)
     try:
         count, files = prune_finished(registry, older_than, keep_logs=keep_logs)
     finally:

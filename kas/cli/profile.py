@@ -8,9 +8,10 @@ import shlex
 import click
 
 from kas.cli.app import App
-from kas.cli.complete import profile_names
+from kas.cli.complete import instance_ids, profile_names
 from kas.cli.options import json_option
 from kas.cli.output import safe
+from kas.cli.selection import ALL_OPTION, open_registry, select_instances
 from kas.profiles import PRESETS, PROFILE_HELP, PROFILES
 
 
@@ -25,7 +26,7 @@ def shown(value: object) -> str:
 
 @click.group()
 def profile() -> None:
-    """Show the configured resource profile and the presets."""
+    """Show the configured resource profile and the presets; switch running agents to another."""
 
 
 @profile.command("show")
@@ -96,3 +97,45 @@ def list_profiles(app: App, as_json: bool) -> None:
         out.line(f"{name:<12} {PROFILE_HELP[name]}")
         for key, value in PRESETS[name].items():
             out.line(f"    {key} = " + (f'"{value}"' if isinstance(value, str) else shown(value)))
+
+
+@profile.command("apply", short_help="Switch running agents to another profile, now.")
+@click.argument("name", metavar="PROFILE", type=click.Choice(PROFILES), shell_complete=profile_names)
+@click.argument("inst_ids", nargs=-1, metavar="[ID...|--all]", shell_complete=instance_ids)
+@ALL_OPTION
+@json_option("A JSON list: each agent's profile before and after, what changed and what stayed.")
+@click.pass_obj
+def apply(app: App, name: str, inst_ids: tuple[str, ...], every: bool, as_json: bool) -> None:
+    """Re-apply PROFILE to running agents and their whole trees, and record it.
+
+    PROFILE is resolved as `kas profile show --profile PROFILE` would here (this directory's config,
+    with PROFILE selected). The guard of each agent keeps the new profile on everything it starts from
+    now on. The session group (autogroup) and I/O class move both ways; a process's nice and OOM score
+    are only ever raised, so a switch to a lighter profile says which nice stays. For Feral GameMode:
+    `kas profile apply interactive --all` as a [custom] start= hook, `kas profile apply normal --all`
+    as end=.
+    """
+    from kas.apply import apply_profile
+
+    out = app.output(as_json)
+    resolved = app.resolve({"profile": name}, quiet=as_json)
+    registry = open_registry(app)
+    try:
+        done = [
+            apply_profile(registry, inst, resolved) for inst in select_instances(registry, inst_ids, every)
+        ]
+    finally:
+        registry.close()
+    if as_json:
+        out.json([a.to_json() for a in done])
+        return
+    if not done:
+        out.line("no running agents")
+    for a in done:
+        if not a.changed and not a.kept and a.status not in ("running", "paused", "orphaned"):
+            out.line(f"{a.inst.id}  {out.status(a.status)}: not running, left as it was")
+            continue
+        what = ", ".join(a.changed) or "nothing to change"
+        out.line(f"{a.inst.id}  {a.previous} -> {a.inst.resource_profile}: {what}")
+        for note in a.kept:
+            out.line(f"    {note}")

@@ -1,0 +1,170 @@
+"""Runtime profile switching: put a resolved profile on running agents' whole trees, and record it.
+
+The kernel decides how far a switch goes for an unprivileged user, and this module says so rather than
+pretending: an autogroup's nice moves both ways, the I/O class moves within best-effort and idle, the
+OOM score only up, and a process's nice only up (10 -> 0 is refused). A switch to a lighter profile
+therefore restores the session groups and the I/O class and reports the nice that stays; with autogroup
+scheduling that is what gives agents their full share against the desktop again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from kas import platform as host
+from kas.instances import refresh
+from kas.launch.session import autogroup_here
+from kas.launch.tree import IOCLASS, GuardRef, descendants, guard_rules, write_rules
+from kas.registry import Instance, Registry
+from kas.resolver import ResolvedProfile
+from kas.status import ORPHANED, PAUSED, RUNNING
+
+
+@dataclass
+class Applied:
+    """What one switch did to one agent."""
+
+    inst: Instance
+    status: str
+    previous: str
+    changed: list[str] = field(default_factory=list)
+    kept: list[str] = field(default_factory=list)  # what the kernel would not undo, and why
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.inst.id,
+            "status": self.status,
+            "profile": self.inst.resource_profile,
+            "previous": self.previous,
+            "changed": self.changed,
+            "kept": self.kept,
+        }
+
+
+class Targets:
+    """What the profile asks of each process. The session group and I/O class are set both ways (a
+    lighter profile restores them); nice and the OOM score are only ever raised."""
+
+    def __init__(self, resolved: ResolvedProfile) -> None:
+        s = resolved.settings
+        self.nice = s.nice if resolved.active else 0
+        active_io = resolved.active and host.system().startswith("linux") and s.ionice_class in IOCLASS
+        level = s.ionice_level if s.ionice_class == "best-effort" else 0
+        self.ioprio = (IOCLASS[s.ionice_class] << 13 | level) if active_io else 0
+        self.autogroup = autogroup_here(resolved)
+        self.oom = (s.oom_score_adj or 0) if resolved.active else 0
+
+
+def tree_pids(inst: Instance) -> list[int]:
+    """The agent and every process its guard holds (or, without a guard, the agent's descendants)."""
+    import psutil
+
+    if not inst.pid:
+        return []
+    guard = GuardRef(inst.guard_pid, inst.guard_create_time) if inst.guard_pid else None
+    if guard is not None and guard.alive():
+        return [inst.pid, *(p for p in descendants(guard.pid) if p != inst.pid)]
+    try:
+        return [inst.pid, *(p.pid for p in psutil.Process(inst.pid).children(recursive=True))]
+    except psutil.Error:
+        return []
+
+
+def _threads(pid: int) -> list[int]:
+    try:
+        return [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+    except OSError:
+        return [pid]
+
+
+def put_on_tree(pids: list[int], targets: Targets) -> tuple[list[str], list[str]]:
+    """Move every process (every thread) to the targets; return (what changed, what the kernel kept)."""
+    from kas.launch.guard import Kernel
+
+    kernel = Kernel() if host.system().startswith("linux") else None
+    changed: set[str] = set()
+    kept: dict[str, str] = {}
+    sessions: dict[int, int] = {}
+    for pid in pids:
+        for tid in _threads(pid):
+            try:
+                have = os.getpriority(os.PRIO_PROCESS, tid)
+                if have < targets.nice:
+                    os.setpriority(os.PRIO_PROCESS, tid, targets.nice)
+                    changed.add(f"nice {have} -> {targets.nice}")
+                elif have > targets.nice:  # kas only lowers priority; the kernel would refuse a user anyway
+                    kept["nice"] = (
+                        f"nice stays {have} (kas never lowers a nice, and the kernel lets no unprivileged "
+                        "process do it; with autogroup on, the session's restored share is what counts)"
+                    )
+            except OSError:
+                continue
+            if kernel is not None and kernel.io is not None:
+                before = kernel.ioprio(tid)
+                if before is not None and before != targets.ioprio:
+                    if kernel.set_ioprio(tid, targets.ioprio):
+                        changed.add("I/O class")
+                    else:
+                        kept["io"] = "the I/O class stays (the kernel refused the change)"
+        with contextlib.suppress(OSError):
+            sessions.setdefault(os.getsid(pid), pid)
+        if kernel is not None:
+            _oom(pid, targets.oom, changed, kept)
+    if targets.autogroup or host.autogroup_enabled():
+        for sid, pid in sessions.items():
+            group = host.read_autogroup(pid)
+            if group is None or group == host.ROOT_AUTOGROUP or group[1] == targets.autogroup:
+                continue
+            problem = host.set_autogroup_nice(pid, targets.autogroup)
+            if problem:
+                kept[f"autogroup {sid}"] = problem
+            else:
+                changed.add(f"autogroup {group[1]} -> {targets.autogroup}")
+    return sorted(changed), list(kept.values())
+
+
+def _oom(pid: int, value: int, changed: set[str], kept: dict[str, str]) -> None:
+    """Raise the OOM score to ``value``; a higher one stays (lowering it needs CAP_SYS_RESOURCE)."""
+    path = f"/proc/{pid}/oom_score_adj"
+    try:
+        with open(path) as f:
+            have = int(f.read())
+        if have > value:
+            kept["oom"] = f"oom_score_adj stays {have} (lowering it needs CAP_SYS_RESOURCE)"
+        elif have < value:
+            with open(path, "w") as f:
+                f.write(str(value))
+            changed.add(f"oom_score_adj {have} -> {value}")
+    except (OSError, ValueError):
+        pass
+
+
+def apply_profile(registry: Registry, inst: Instance, resolved: ResolvedProfile) -> Applied:
+    """Switch one running agent to ``resolved``: its guard first (so it keeps the new rules and does not
+    put the old ones back), then every process of its tree now, then its row. Anything not running is
+    left as it is and reported with its status."""
+    view = refresh(registry, inst, probe_tree=False)
+    previous = inst.resource_profile
+    if view.status not in (RUNNING, PAUSED, ORPHANED):
+        return Applied(view.inst, view.status, previous)
+    targets = Targets(resolved)
+    rules = guard_rules(resolved, targets.autogroup, host.system())
+    guard = GuardRef(inst.guard_pid, inst.guard_create_time) if inst.guard_pid else None
+    if rules is not None and guard is not None and guard.alive():
+        write_rules(inst.id, rules)
+    changed, kept = put_on_tree(tree_pids(inst), targets)
+    now = time.time()
+    registry.update(
+        inst.id,
+        resource_profile=resolved.name,
+        settings=resolved.settings.to_dict(),
+        applied_at=now,
+        applied_from=previous,
+    )
+    inst.resource_profile, inst.settings = resolved.name, resolved.settings.to_dict()
+    inst.applied_at, inst.applied_from = now, previous
+    return Applied(inst, view.status, previous, changed, kept)
