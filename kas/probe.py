@@ -27,7 +27,8 @@ class ProcFacts:
     ionice_level: int | None
     autogroup_nice: int | None = None
     cgroup: str | None = None
-    problems: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)  # a higher priority than its profile allows
+    notes: list[str] = field(default_factory=list)  # kept lower than its profile asks: reported, not failed
     ppid: int | None = None
     session: int | None = None
     # What sets it apart in the agent's tree: "own session" (it left the agent's session: setsid),
@@ -215,18 +216,45 @@ def expected_facts(resolved: ResolvedProfile, platform: str, autogroup_nice: int
     return expected
 
 
+IO_RANK = {"realtime": 0, "best-effort": 1, "none": 1, "idle": 2}
+
+
+def io_rank(ioclass: str | None, level: int | None, nice: int | None) -> tuple[int, int] | None:
+    """Smaller is more urgent: realtime, best-effort by level (class none: the level its nice implies),
+    idle. None when the class could not be read."""
+    if ioclass not in IO_RANK:
+        return None
+    if ioclass == "idle":
+        return (2, 0)
+    if ioclass == "none":
+        level = min(7, max(0, ((nice or 0) + 20) // 5))
+    return (IO_RANK[ioclass], level or 0)
+
+
 def compare(facts: list[ProcFacts], expected: dict[str, Any]) -> list[ProcFacts]:
-    """Fill in ``problems`` for every process that differs from ``expected``; return those that differ."""
+    """Fill in ``problems`` for every process with a *higher* priority than ``expected`` allows and
+    ``notes`` for one kept lower than asked (a niced shell, a nice that stays after a switch to a lighter
+    profile); return those with problems."""
     bad = []
     for fact in facts:
-        for key, want in expected.items():
-            if want is None:
+        for key in ("nice", "autogroup_nice"):
+            want, got = expected.get(key), getattr(fact, key)
+            if want is None or not isinstance(got, int) or got == want:
                 continue
-            got = getattr(fact, key)
-            if key in ("nice", "autogroup_nice") and isinstance(got, int) and got > want:
-                continue  # lower priority than asked (a niced shell, a switch to a lighter profile): fine
-            if got != want:
+            if got < want:
                 fact.problems.append(f"{key} is {got}, profile wants {want}")
+            else:
+                fact.notes.append(f"{key} {got}: lower than the profile's {want}")
+        if "ionice_class" in expected:
+            want_rank = io_rank(expected["ionice_class"], expected.get("ionice_level"), expected.get("nice"))
+            got_rank = io_rank(fact.ionice_class, fact.ionice_level, fact.nice)
+            wanted = expected["ionice_class"] + (
+                f"/{expected['ionice_level']}" if expected["ionice_class"] == "best-effort" else ""
+            )
+            if got_rank is not None and want_rank is not None and got_rank < want_rank:
+                fact.problems.append(f"I/O {fact.io}, profile wants {wanted}")
+            elif got_rank is not None and want_rank is not None and got_rank > want_rank:
+                fact.notes.append(f"I/O {fact.io}: lower than the profile's {wanted}")
         if fact.problems:
             bad.append(fact)
     return bad

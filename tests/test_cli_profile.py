@@ -151,7 +151,7 @@ def test_check_pid_mismatch_exits_1_and_names_what_differs(kas, interactive, chi
     result = kas("check", "--pid", str(proc.pid))
     assert result.returncode == 1
     assert "nice is 0, profile wants 10" in result.stdout
-    assert "ionice_class is none, profile wants best-effort" in result.stdout
+    assert "I/O none, profile wants best-effort/7" in result.stdout
 
 
 def test_check_pid_of_a_missing_process_fails(kas) -> None:

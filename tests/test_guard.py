@@ -198,3 +198,28 @@ def test_profile_apply_needs_ids_or_all_and_names_a_finished_one(project: Path) 
     result = cli("profile", "apply", "normal", "nosuchid")
     assert result.exit_code == 2 and "no instance 'nosuchid'" in result.output
     assert cli_json("profile", "apply", "interactive", "--all", "--json") == []
+
+
+def test_check_audits_every_running_agent_and_fails_only_on_a_raised_priority(interactive, tmp_path: Path, cleanup) -> None:
+    row, report = spawn_escaper("sdk", make_fifo(tmp_path / "r"))
+    cleanup += [report["pid"], report["session"], report["daemon"]]
+    if host.autogroup_enabled():
+        eventually(lambda: autogroup(report["session"]) == 19)
+    audit = cli("check", "--json")
+    data = json.loads(audit.stdout)
+    [agent] = data["agents"]
+    assert agent["id"] == row["id"] and agent["status"] == "ok" and agent["processes"] >= 3
+    assert set(agent["escaped"]) == {report["session"], report["daemon"]}  # listed, and lowered: not failed
+    assert audit.exit_code == 0, audit.output
+    # Without its guard (killed), a process of the tree that raised its priority stays raised: check fails.
+    os.kill(row["guard_pid"], signal.SIGKILL)
+    os.setpriority(os.PRIO_PROCESS, report["session"], 2)  # root may; a desktop user's agent could with RLIMIT_NICE
+    audit = cli("check")
+    assert audit.exit_code == 1
+    assert f"pid {report['session']} (python" in audit.stdout and "nice is 2, profile wants 10" in audit.stdout
+    # Kept lower than asked (nice 15) is reported, not failed.
+    os.setpriority(os.PRIO_PROCESS, report["session"], 15)
+    audit = cli("check", "--json")
+    [agent] = json.loads(audit.stdout)["agents"]
+    assert audit.exit_code == 0 and agent["status"] == "warn" and agent["guard_lost"]
+    assert [p["pid"] for p in agent["lower"]] == [report["session"]]

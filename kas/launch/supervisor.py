@@ -100,7 +100,8 @@ def detached() -> int:
     os.close(1)
     os.close(2)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    status = exit_code(proc.wait())
+    ended = exit_code(proc.wait())
+    status = _outlived(agent, ended) if guard_ref is not None else ended
     copier.wait(DRAIN)
     for pause in (0.0, 1.0, 5.0, 30.0):  # nobody is left to tell: try again before giving up on the row
         time.sleep(pause)
@@ -161,6 +162,8 @@ def pane(spec_file: Path) -> int:
         _die_with(spec["owner"], proc.pid, guarded=guard is not None)
     _say(spec["ready"], {"pid": agent, "guard": proc.pid if guard else None}, tmux, spec["ready_channel"])
     status = exit_code(proc.wait())
+    if guard is not None:
+        status = _outlived(agent, status) or status
     pane_id = os.environ.get("TMUX_PANE")
     if pane_id:  # end the log pipe now: nothing of the agent's may linger once its status is known
         _tmux(tmux, "pipe-pane", "-t", pane_id)
@@ -172,6 +175,18 @@ def pane(spec_file: Path) -> int:
     if pane_id and not spec.get("keep_window", True):
         _tmux(tmux, "kill-pane", "-t", pane_id)
     return status
+
+
+def _outlived(agent: int, status: int) -> int | None:
+    """The guard ended; if the agent did not (the guard was killed), wait for the agent itself, whose
+    status nobody can see any more: None."""
+    from kas.probe import create_time, wait_gone
+
+    born = create_time(agent)
+    if born is None:
+        return status
+    wait_gone(agent, born)
+    return None
 
 
 def _copy_pane_output(fifo: str, log: str) -> threading.Event:
