@@ -4,11 +4,13 @@ Usage: python escaper.py REPORT_PATH [raise]
 Starts a child in a session of its own (``setsid``), a daemon (double fork: its parent exits at once, so
 it is re-parented) and, with ``raise``, a child that raises its own priority (nice down by 5, I/O class
 best-effort 0, oom_score_adj 0: as far as the kernel lets it). Writes JSON {"pid", "session", "daemon",
-"raiser"} to REPORT_PATH once all are in place, then sleeps until it is stopped.
+"raiser"} to REPORT_PATH once all are in place, then sleeps until it is stopped. On SIGUSR1 it starts one
+more child in a session of its own and writes its pid to REPORT_PATH.late.
 """
 
 import json
 import os
+import signal
 import sys
 import time
 
@@ -57,6 +59,16 @@ if raising:
         forever()
     os.read(ready_r, 1)
 
+def late(_signum: int, _frame: object) -> None:
+    child = os.fork()
+    if child == 0:
+        os.setsid()
+        forever()
+    with open(report + ".late", "w") as out:
+        out.write(str(child))
+
+
+signal.signal(signal.SIGUSR1, late)
 with open(report, "w") as out:
     json.dump({"pid": os.getpid(), "session": session, "daemon": daemon, "raiser": raiser}, out)
 forever()

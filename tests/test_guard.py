@@ -223,3 +223,37 @@ def test_check_audits_every_running_agent_and_fails_only_on_a_raised_priority(in
     [agent] = json.loads(audit.stdout)["agents"]
     assert audit.exit_code == 0 and agent["status"] == "warn" and agent["guard_lost"]
     assert [p["pid"] for p in agent["lower"]] == [report["session"]]
+
+
+def test_adopt_puts_the_profile_on_an_outside_tree_and_guards_it(interactive, project: Path, tmp_path: Path, cleanup) -> None:
+    fifo = make_fifo(tmp_path / "r")
+    outside = subprocess.Popen([sys.executable, ESCAPER, str(fifo)], start_new_session=True)
+    report = read_report(fifo)
+    tree = [report["pid"], report["session"]]  # the daemon left before kas came: it is not in the tree
+    cleanup += [*tree, report["daemon"]]
+    assert {psutil.Process(pid).nice() for pid in tree} == {0}
+    done = cli_json("instance", "adopt", str(outside.pid), "--name", "outside", "--json")
+    assert done["pid"] == outside.pid and done["status"] == "running" and done["name"] == "outside"
+    assert done["resource_profile"] == "interactive" and done["env"] == {}
+    assert {psutil.Process(pid).nice() for pid in tree} == {10}
+    assert {io(pid) for pid in tree} == {(2, 7)} and {oom(pid) for pid in tree} == {500}
+    if host.autogroup_enabled():
+        assert {autogroup(pid) for pid in tree} == {19}
+    # Guarded from then on: a new session in its tree is lowered, a stop ends the whole tree.
+    os.kill(report["pid"], signal.SIGUSR1)
+    late = int(eventually(lambda: Path(f"{fifo}.late").exists() and Path(f"{fifo}.late").read_text()))
+    tree.append(late)
+    cleanup.append(late)
+    if host.autogroup_enabled():
+        eventually(lambda: autogroup(late) == 19)
+    assert psutil.Process(late).nice() == 10
+    again = cli("instance", "adopt", str(outside.pid))
+    assert again.exit_code == 2 and f"already instance {done['id']}" in again.output
+    assert cli("instance", "stop", done["id"]).exit_code == 0
+    outside.wait(timeout=10)
+    assert still_running(tree) == []
+
+
+def test_adopt_refuses_what_is_not_an_agent(project: Path) -> None:
+    assert "no process" in cli("instance", "adopt", "4000000").output
+    assert "one of its parents" in cli("instance", "adopt", str(os.getpid())).output

@@ -259,6 +259,38 @@ def _pause(app: App, inst_ids: tuple[str, ...], every: bool, as_json: bool, *, r
     _report(out, views)
 
 
+@instance.command("adopt", short_help="Take an agent started without kas under its control.")
+@click.argument("pid", type=click.IntRange(min=1))
+@click.option("--name", help="A name for the list (default: the process's name).")
+@json_option("The new instance row, with what changed and what kas cannot guarantee.")
+@click.pass_obj
+def adopt_cmd(app: App, pid: int, name: str | None, as_json: bool) -> None:
+    """Register a running agent that kas did not start, put the configured profile on its whole tree
+    now, and guard it from then on (new sessions lowered, raised priorities put back, stopped whole by
+    `kas instance stop`).
+
+    kas is not its parent, so the guard follows its tree through /proc: a daemon that double-forks
+    between two looks (0.5 s) can still leave, and its exit status cannot be seen.
+    """
+    from kas.adopt import adopt
+
+    out = app.output(as_json)
+    resolved = app.resolve(quiet=as_json)
+    registry = open_registry(app)
+    try:
+        done = adopt(registry, pid, name, resolved)
+    finally:
+        registry.close()
+    if as_json:
+        out.json({**done.inst.to_json(), "changed": done.changed, "kept": done.kept, "limits": done.limits})
+        return
+    what = ", ".join(done.changed) or "nothing to change"
+    out.line(f"{done.inst.id}  adopted pid {pid} ({safe(done.inst.name)}), profile {resolved.name}: {what}")
+    for note in done.kept:
+        out.line(f"    {note}")
+    out.warn(done.limits)
+
+
 @instance.command("prune", short_help="Forget finished instances and delete their logs.")
 @click.option(
     "--older-than",

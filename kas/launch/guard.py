@@ -457,7 +457,8 @@ class Run:
             guard.reload()
             stats = guard.scan()
             guard.enforce(stats)
-            agent_done = self.status is not None or (guard.adopted and guard.agent not in stats)
+            adopted_gone = guard.agent not in stats or stats[guard.agent].state in (b"Z", b"X")
+            agent_done = self.status is not None or (guard.adopted and adopted_gone)
             if agent_done:
                 if self.released:
                     return self.status or 0

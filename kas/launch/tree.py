@@ -202,14 +202,21 @@ def guarded(
     *,
     terminal: bool = False,
     die_with_parent: bool = False,
+    adopt: int | None = None,
 ) -> Guarded | None:
-    """Put ``argv`` under a guard (None where there are no rules: no guard on this system)."""
+    """Put ``argv`` under a guard (None where there are no rules: no guard on this system); with ``adopt``,
+    a guard that watches that running process's tree instead of starting one."""
     if rules is None:
         return None
     rules_file = write_rules(inst_id, rules)
     report_r, report_w = os.pipe()
     os.set_inheritable(report_r, False)
     command = guard_argv(
-        rules_file, argv, report_fd=report_w, terminal=terminal, die_with_parent=die_with_parent
+        rules_file,
+        argv,
+        report_fd=report_w,
+        terminal=terminal,
+        die_with_parent=die_with_parent,
+        adopt=adopt,
     )
     return Guarded(command, report_r, report_w)
