@@ -126,8 +126,10 @@ def cancel(registry: Registry, inst: Instance) -> LiveView:
     return LiveView(inst, CANCELLED)
 
 
-def stop(registry: Registry, inst: Instance, grace: float = 5.0) -> LiveView:
-    """SIGTERM the agent's group, SIGKILL after ``grace``; record how it ended.
+def stop(registry: Registry, inst: Instance, grace: float = 5.0, *, keep_daemons: bool = False) -> LiveView:
+    """SIGTERM the agent's whole tree (through its guard: escaped sessions and daemons too), SIGKILL after
+    ``grace``; record how it ended. With ``keep_daemons`` only the agent's own process group is stopped and
+    what it started outside it (a build server, a gpg-agent) is let go, unguarded.
 
     A pending wave task is cancelled instead: it has no process, and its runner must not start it.
     """
@@ -136,6 +138,11 @@ def stop(registry: Registry, inst: Instance, grace: float = 5.0) -> LiveView:
     view = refresh(registry, inst, probe_tree=False)
     if view.status not in (RUNNING, ORPHANED, PAUSED):
         return view
+    if keep_daemons:
+        from kas.launch.tree import GuardRef, release
+
+        if inst.guard_pid:
+            release(GuardRef(inst.guard_pid, inst.guard_create_time))
     status = handle(inst).stop(grace)
     if status is None and inst.owner_pid:  # its owner saw the real status: give it a moment to write it
         from kas import probe

@@ -257,3 +257,11 @@ def test_adopt_puts_the_profile_on_an_outside_tree_and_guards_it(interactive, pr
 def test_adopt_refuses_what_is_not_an_agent(project: Path) -> None:
     assert "no process" in cli("instance", "adopt", "4000000").output
     assert "one of its parents" in cli("instance", "adopt", str(os.getpid())).output
+
+
+def test_stop_keep_daemons_lets_what_left_the_group_run_on(tmp_path: Path, cleanup) -> None:
+    row, report = spawn_escaper("sdk", make_fifo(tmp_path / "r"))
+    cleanup += [report["pid"], report["session"], report["daemon"]]
+    assert cli("instance", "stop", "--keep-daemons", row["id"]).exit_code == 0
+    assert still_running([report["pid"]]) == []
+    assert still_running([report["session"], report["daemon"]], timeout=0.5) == [report["session"], report["daemon"]]

@@ -205,10 +205,19 @@ def _report(out: Output, views: list[LiveView]) -> None:
 @click.argument("inst_ids", nargs=-1, metavar="ID...|--all", shell_complete=instance_ids)
 @ALL_OPTION
 @grace_option()
+@click.option(
+    "--keep-daemons",
+    is_flag=True,
+    help="Stop only the agent's own process group; leave what it started outside it (a build server, "
+    "a gpg-agent) running, no longer guarded.",
+)
 @json_option("A JSON list of the stopped instances.")
 @click.pass_obj
-def stop(app: App, inst_ids: tuple[str, ...], every: bool, grace: float, as_json: bool) -> None:
-    """Stop agents: SIGTERM to the process group (or the tmux pane), SIGKILL after --grace seconds.
+def stop(
+    app: App, inst_ids: tuple[str, ...], every: bool, grace: float, keep_daemons: bool, as_json: bool
+) -> None:
+    """Stop agents and everything they started: SIGTERM to the whole tree (escaped sessions and daemons
+    included), SIGKILL after --grace seconds (what the agent left gets 2 s more after it ended).
 
     A pending wave task is marked cancelled. Stopping a finished instance only reports how it ended.
     """
@@ -217,7 +226,8 @@ def stop(app: App, inst_ids: tuple[str, ...], every: bool, grace: float, as_json
     out = app.output(as_json)
     registry = open_registry(app)
     try:
-        views = [stop_instance(registry, inst, grace) for inst in select_instances(registry, inst_ids, every)]
+        chosen = select_instances(registry, inst_ids, every)
+        views = [stop_instance(registry, inst, grace, keep_daemons=keep_daemons) for inst in chosen]
     finally:
         registry.close()
     _report(out, views)
