@@ -314,6 +314,8 @@ class Run:
     def __init__(self, guard: Guard, report_fd: int | None) -> None:
         self.guard = guard
         self.report_fd = report_fd
+        self.output: int | None = None  # the read end of the agent's output pipe (detached: --log)
+        self.log: Any = None  # kas.logfile.RotatingLog
         self.status: int | None = None
         self.signals: list[int] = []
         self.released = False
@@ -350,14 +352,24 @@ class Run:
                 pass
             self.report_fd = None
 
-    def start(self, argv: list[str], terminal: bool) -> bool:
-        """Fork and exec the agent in a process group of its own; False (reported) if it cannot run."""
+    def start(self, argv: list[str], terminal: bool, log: str | None = None) -> bool:
+        """Fork and exec the agent in a process group of its own; False (reported) if it cannot run.
+
+        With ``log`` the agent's stdout and stderr go through a pipe that this loop copies into the
+        bounded log (``kas.logfile``), so a detached agent needs no other kas process.
+        """
         check_r, check_w = os.pipe()
         os.set_inheritable(check_w, False)
+        out_r, out_w = os.pipe() if log else (-1, -1)
         pid = os.fork()
         if pid == 0:  # the agent, between fork and exec
             try:
                 os.close(check_r)
+                if log:
+                    os.dup2(out_w, 1)
+                    os.dup2(out_w, 2)
+                    os.close(out_w)
+                    os.close(out_r)
                 for sig in range(1, signal.NSIG):
                     try:
                         if sig not in (signal.SIGKILL, signal.SIGSTOP):
@@ -377,6 +389,11 @@ class Run:
             finally:
                 os._exit(127)
         os.close(check_w)
+        if log:
+            os.close(out_w)
+            os.set_blocking(out_r, False)
+            self.output = out_r
+            self.log = logfile().RotatingLog(log)
         failure = b""
         while chunk := os.read(check_r, 512):
             failure += chunk
@@ -441,47 +458,91 @@ class Run:
             time.sleep(0.02)
 
     def sleep(self, timeout: float) -> None:
+        """Wait for a signal, the agent's output, or ``timeout``; copy what output there is."""
+        watched = [self.wake_r] if self.output is None else [self.wake_r, self.output]
         try:
-            select.select([self.wake_r], [], [], timeout)
+            select.select(watched, [], [], timeout)
             while os.read(self.wake_r, 512):
                 pass
         except (BlockingIOError, InterruptedError):
             pass
+        self.copy_output()
+
+    def copy_output(self) -> None:
+        while self.output is not None:
+            try:
+                data = os.read(self.output, 65536)
+            except BlockingIOError:
+                return
+            except OSError:
+                data = b""
+            if not data:  # every writer closed it
+                os.close(self.output)
+                self.output = None
+                return
+            try:
+                self.log.write(data)
+            except OSError:
+                pass  # a full disk loses output, never the guard
+
+    def drain(self, patience: float = 1.0) -> None:
+        """Copy the last output once the tree is gone (a process outside it may hold the pipe: bounded)."""
+        deadline = time.monotonic() + patience
+        while self.output is not None and time.monotonic() < deadline:
+            try:
+                select.select([self.output], [], [], max(0.0, deadline - time.monotonic()))
+            except InterruptedError:
+                pass
+            self.copy_output()
+        if self.output is not None:
+            os.close(self.output)
+            self.output = None
+        if self.log is not None:
+            self.log.close()
 
     def loop(self) -> int:
+        """Look at the tree every ``TICK`` (at once when the agent ends); in between, only signals and the
+        agent's output wake the guard, and they cost no look at /proc."""
         guard = self.guard
         deadline: float | None = None
+        next_look = 0.0
+        end_seen = False
         while True:
             self.handle_signals()
             self.reap()
+            now = time.monotonic()
+            if self.status is not None and not end_seen:
+                end_seen, next_look = True, now
+            if now < next_look:
+                self.sleep(next_look - now)
+                continue
             guard.reload()
             stats = guard.scan()
             guard.enforce(stats)
+            next_look = now + TICK
             adopted_gone = guard.agent not in stats or stats[guard.agent].state in (b"Z", b"X")
-            agent_done = self.status is not None or (guard.adopted and adopted_gone)
-            if agent_done:
-                if self.released:
-                    return self.status or 0
-                left = any(st.state not in (b"Z", b"X") for pid, st in stats.items() if pid != guard.agent)
-                if not left:
-                    return self.status if self.status is not None else 0
-                if deadline is None:
-                    if not self.stopping:
-                        guard.send(signal.SIGTERM)
-                        guard.send(signal.SIGCONT)
-                    deadline = time.monotonic() + LEFTOVER_GRACE
-                elif time.monotonic() >= deadline:
-                    self.kill_all()
-                    self.reap()
-                    return self.status if self.status is not None else 0
-                self.sleep(0.05)
+            if self.status is None and not (guard.adopted and adopted_gone):
                 continue
-            self.sleep(TICK)
+            if self.released:
+                return self.status or 0
+            left = any(st.state not in (b"Z", b"X") for pid, st in stats.items() if pid != guard.agent)
+            if not left:
+                return self.status if self.status is not None else 0
+            if deadline is None:
+                if not self.stopping:
+                    guard.send(signal.SIGTERM)
+                    guard.send(signal.SIGCONT)
+                deadline = now + LEFTOVER_GRACE
+            elif now >= deadline:
+                self.kill_all()
+                self.reap()
+                return self.status if self.status is not None else 0
+            next_look = now + 0.05  # the leftovers' end is looked for more often
 
 
 def parse(args: list[str]) -> dict[str, Any]:
     opts: dict[str, Any] = {"rules": {}, "rules_file": None, "report_fd": None, "terminal": False}
-    opts.update(die_with_parent=False, adopt=None, argv=[])
+    opts.update(die_with_parent=False, adopt=None, argv=[], log=None, record=None, id=None)
     i = 0
     while i < len(args):
         arg = args[i]
@@ -501,6 +562,8 @@ def parse(args: list[str]) -> dict[str, Any]:
             opts["report_fd"] = int(value)
         elif arg == "--adopt":
             opts["adopt"] = int(value)
+        elif arg in ("--log", "--record", "--id"):
+            opts[arg[2:]] = value
         else:
             raise SystemExit(f"kas guard: unknown option {arg}")
         i += 2
@@ -529,7 +592,7 @@ def main(args: list[str]) -> int:
             guard._autogroup(os.getpid(), os.getpid(), guard.rules.autogroup)  # before the agent runs
         if guard.rules.oom is not None:
             guard._oom(os.getpid(), guard.rules.oom)
-        if not run.start(opts["argv"], opts["terminal"]):
+        if not run.start(opts["argv"], opts["terminal"], opts["log"]):
             return 127
     # The guard holds nothing of the agent's I/O: a log pipe ends when the agent's tree closes it.
     null = os.open(os.devnull, os.O_RDWR)
@@ -537,13 +600,38 @@ def main(args: list[str]) -> int:
         os.dup2(null, fd)
     os.close(null)
     try:
-        return run.loop()
+        status = run.loop()
     finally:
         if guard.rules_file:
             try:
                 os.unlink(guard.rules_file)
             except OSError:
                 pass
+    run.drain()
+    if opts["record"] and opts["id"]:  # detached: nobody else is left to write how it ended
+        kas_root()
+        from pathlib import Path
+
+        from kas.launch.record import record_end
+
+        if not record_end(Path(opts["record"]), opts["id"], run.status):
+            return 1
+    return status
+
+
+def kas_root() -> None:
+    """Make kas importable in this isolated interpreter (``-I -S``): its package root, nothing else is
+    added, and only for the modules the guard asks for."""
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    if root not in sys.path:
+        sys.path.insert(0, root)
+
+
+def logfile() -> Any:
+    kas_root()
+    import kas.logfile
+
+    return kas.logfile
 
 
 if __name__ == "__main__":

@@ -324,10 +324,53 @@ class SdkLauncher:
         outcome.exit_status = status
         return outcome
 
+    def _guarded_detached(self, spec: LaunchSpec, registry: Registry, log: Path) -> SpawnOutcome:
+        """One process per detached agent: its guard, which outlives kas, owns the row and records the end."""
+        from kas.logfile import RotatingLog
+
+        guard = guarded(spec.inst_id, spec.guard, spec.prepared.argv, log=log, record=registry.path)
+        assert guard is not None
+        try:
+            proc = popen(
+                guard.argv, spec.env, spec.cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                pass_fds=(guard.report_w,),
+            )  # fmt: skip
+        except LaunchError:
+            guard.abandon()
+            lifecycle.mark_failed(registry, spec.inst_id, log_path=str(log))
+            raise
+        guard.close_parent_end()
+        try:
+            agent, guard_ref = guard.started(proc.pid)
+        except LaunchError as exc:
+            proc.wait()
+            lifecycle.mark_failed(registry, spec.inst_id, log_path=str(log))
+            RotatingLog(log).write(f"kas: {exc}\n".encode())
+            raise
+        try:
+            lifecycle.mark_running(
+                registry,
+                spec.inst_id,
+                agent,
+                log_path=str(log),
+                owner_pid=proc.pid,
+                owner_create_time=guard_ref.create_time,
+                guard=guard_ref,
+            )
+        except KasError:
+            stop_tree(agent, guard_ref, 2.0)  # an agent kas cannot record is not left running
+            proc.wait()
+            raise
+        row = registry.get(spec.inst_id)
+        return SpawnOutcome(SdkHandle(agent, row.pid_create_time if row else None, guard=guard_ref))
+
     def _supervised(self, spec: LaunchSpec, registry: Registry) -> SpawnOutcome:
-        """Detached: a small supervisor process starts the agent, waits for it and records its exit."""
+        """Detached: the agent's guard (or, where there is none, a small supervisor process) starts it,
+        writes its output to the log, and records its end."""
         log = spec.log
         assert log is not None, "a detached agent always has a log"
+        if spec.guard is not None:
+            return self._guarded_detached(spec, registry, log)
         payload = {
             "id": spec.inst_id,
             "db": str(registry.path),

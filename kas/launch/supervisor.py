@@ -20,16 +20,15 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
 from kas.errors import KasError, LaunchError
 from kas.launch.groups import exit_code, signal_group
+from kas.launch.record import record_end
 from kas.launch.sdk import DRAIN, popen
 from kas.launch.tree import guarded, stop_tree
 from kas.logwriter import RotatingLog, pump
-from kas.status import STOPPED
 from kas.threads import background
 
 
@@ -103,16 +102,8 @@ def detached() -> int:
     ended = exit_code(proc.wait())
     status = _outlived(agent, ended) if guard_ref is not None else ended
     copier.wait(DRAIN)
-    for pause in (0.0, 1.0, 5.0, 30.0):  # nobody is left to tell: try again before giving up on the row
-        time.sleep(pause)
-        with contextlib.suppress(KasError):
-            row = registry.get(spec["id"])
-            if row is not None and row.status == STOPPED:  # `kas instance stop` ended it: keep that, with
-                lifecycle.mark_ended(registry, spec["id"], STOPPED, status)  # the status it really had
-            else:
-                lifecycle.mark_exited(registry, spec["id"], status)
-            return 0
-    return 1
+    registry.close()
+    return 0 if record_end(Path(spec["db"]), spec["id"], status) else 1
 
 
 def pane(spec_file: Path) -> int:

@@ -81,6 +81,8 @@ def guard_argv(
     terminal: bool = False,
     die_with_parent: bool = False,
     adopt: int | None = None,
+    log: Path | None = None,
+    record: tuple[Path, str] | None = None,
 ) -> list[str]:
     """The command that runs ``argv`` under a guard: an isolated interpreter (``-I -S``: no site, no
     user paths), which keeps the per-agent process small and deaf to the agent's PYTHON* variables."""
@@ -89,6 +91,8 @@ def guard_argv(
     command += ["--terminal"] if terminal else []
     command += ["--die-with-parent"] if die_with_parent else []
     command += ["--adopt", str(adopt)] if adopt else []
+    command += ["--log", str(log)] if log else []
+    command += ["--record", str(record[0]), "--id", record[1]] if record else []
     return [*command, "--", *argv]
 
 
@@ -203,9 +207,12 @@ def guarded(
     terminal: bool = False,
     die_with_parent: bool = False,
     adopt: int | None = None,
+    log: Path | None = None,
+    record: Path | None = None,
 ) -> Guarded | None:
     """Put ``argv`` under a guard (None where there are no rules: no guard on this system); with ``adopt``,
-    a guard that watches that running process's tree instead of starting one."""
+    a guard that watches that running process's tree instead of starting one. A detached agent's guard
+    also writes its output to ``log`` and its end to the registry at ``record``."""
     if rules is None:
         return None
     rules_file = write_rules(inst_id, rules)
@@ -218,5 +225,7 @@ def guarded(
         terminal=terminal,
         die_with_parent=die_with_parent,
         adopt=adopt,
+        log=log,
+        record=(record, inst_id) if record else None,
     )
     return Guarded(command, report_r, report_w)
