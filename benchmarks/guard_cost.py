@@ -18,9 +18,8 @@ import sys
 import time
 from pathlib import Path
 
-from common import KAS, private_env, temp_dir
-
 import psutil
+from common import KAS, private_env, temp_dir
 
 
 def pss_kb(pid: int) -> int:
@@ -71,8 +70,9 @@ def main() -> None:
         owner_pss = [pss_kb(o) for o in owners]
         procs = sum(len(psutil.Process(g).children(recursive=True)) for g in guards)
         print(f"agents: {args.agents}, processes under their guards: {procs}, window: {elapsed:.1f} s")
-        print(f"guard CPU, share of one core: mean {100 * sum(shares) / len(shares):.3f}%, max {100 * max(shares):.3f}%")
-        print(f"guard PSS: mean {sum(guard_pss) / len(guard_pss) / 1024:.1f} MB, max {max(guard_pss) / 1024:.1f} MB")
+        mean_share, mean_pss = 100 * sum(shares) / len(shares), sum(guard_pss) / len(guard_pss) / 1024
+        print(f"guard CPU, share of one core: mean {mean_share:.3f}%, max {100 * max(shares):.3f}%")
+        print(f"guard PSS: mean {mean_pss:.1f} MB, max {max(guard_pss) / 1024:.1f} MB")
         total = (sum(guard_pss) + sum(owner_pss)) / len(rows) / 1024
         print(f"other kas processes per agent: {len(owners) / len(rows):.0f}")
         print(f"kas per detached agent, all its processes: {total:.1f} MB PSS")

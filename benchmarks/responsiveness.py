@@ -1,6 +1,8 @@
 """The desktop-protection goal, measured: `kas bench responsiveness` in both modes, interactive profile.
 
-Goal: profile p99 within 1.25x of no-load p99, no missed frame, agents >= 80% of their CPU under normal.
+Goals: profile lateness p99 within 1.25x of no-load p99, no missed frame, agents >= 80% of their CPU
+under normal; with CPU hogs that setsid (the guard's case), p99 within 1.25x of the plain profile case,
+no missed frame. Prints one table per mode (lateness, the frame's work alone) and the verdicts.
 Usage: python benchmarks/responsiveness.py [FRAMES]
 """
 
@@ -36,18 +38,29 @@ def main() -> None:
                 "--mode",
                 mode,
             ]
-            table = subprocess.run([*argv, "--tmux-socket", socket], env=env, capture_output=True, text=True)
-            print(f"## mode {mode}\n{table.stdout}")
-            data = json.loads(subprocess.run([*argv, "--tmux-socket", socket, "--json"], env=env,
-                                             capture_output=True, text=True).stdout)  # fmt: skip
+            done = subprocess.run([*argv, "--tmux-socket", socket, "--json"], env=env, capture_output=True,
+                                  text=True)  # fmt: skip
+            data = json.loads(done.stdout)
+            print(f"## mode {mode}")
+            head = ("late p50", "late p99", "work p99")
+            print(f"{'case':<46}" + "".join(f"{h:>10}" for h in head) + f"{'missed':>9}{'agent CPU s':>13}")
+            for c in data["cases"]:
+                print(f"{c['case']:<46}{c['p50_ms']:>10.2f}{c['p99_ms']:>10.2f}{c['work_p99_ms']:>10.2f}"
+                      f"{c['missed']:>5}/{c['frames']:<4}{c['agent_cpu_s']:>12.1f}")  # fmt: skip
             cases = {c["case"]: c for c in data["cases"]}
             idle, normal, prof = cases["no load"], cases["normal"], cases["profile: interactive"]
             ratio = prof["p99_ms"] / idle["p99_ms"]
             share = prof["agent_cpu_s"] / normal["agent_cpu_s"]
             ok = ratio <= 1.25 and prof["missed"] == 0 and share >= 0.8
-            verdict = "met" if ok else "NOT met"
-            missed = prof["missed"]
-            print(f"(--json run) p99 x{ratio:.2f}, missed {missed}, agent CPU {share:.0%}: goal {verdict}\n")
+            print(f"profile: p99 x{ratio:.2f} of no load, missed {prof['missed']}, agent CPU {share:.0%}: "
+                  f"goal {'met' if ok else 'NOT met'}")  # fmt: skip
+            escape = cases.get("profile: interactive, hogs setsid")
+            if escape:
+                held = escape["p99_ms"] / prof["p99_ms"]
+                ok = held <= 1.25 and escape["missed"] == 0
+                print(f"hogs setsid: p99 x{held:.2f} of the plain profile case, missed {escape['missed']}: "
+                      f"goal {'met' if ok else 'NOT met'}")  # fmt: skip
+            print()
     finally:
         subprocess.run(["tmux", "-L", socket, "kill-server"], capture_output=True)
         (Path(os.environ.get("TMUX_TMPDIR", "/tmp")) / f"tmux-{os.getuid()}" / socket).unlink(missing_ok=True)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from kas import lifecycle
 from kas import platform as host
-from kas.apply import Targets, put_on_tree, tree_pids
+from kas.apply import NO_GUARD_NOTE, Targets, put_on_tree, tree_pids
 from kas.errors import KasError
 from kas.launch.tree import guard_rules, guarded
 from kas.registry import Instance, Registry, new_id
@@ -80,6 +80,8 @@ def adopt(registry: Registry, pid: int, name: str | None, resolved: ResolvedProf
     targets = Targets(resolved)
     row.pid, row.pid_create_time = pid, born
     changed, kept = put_on_tree(tree_pids(row), targets)
+    if not host.system().startswith("linux"):
+        kept.append(NO_GUARD_NOTE.format(system=host.system()))
     guard_ref = None
     spec = guarded(row.id, guard_rules(resolved, targets.autogroup, host.system()), [], adopt=pid)
     if spec is not None:

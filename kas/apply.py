@@ -23,6 +23,11 @@ from kas.registry import Instance, Registry
 from kas.resolver import ResolvedProfile
 from kas.status import ORPHANED, PAUSED, RUNNING
 
+NO_GUARD_NOTE = (
+    "on {system} only a nice applies: there is no autogroup, I/O class, OOM score or guard to keep the "
+    "profile on processes the agent starts from now"
+)
+
 
 @dataclass
 class Applied:
@@ -157,6 +162,8 @@ def apply_profile(registry: Registry, inst: Instance, resolved: ResolvedProfile)
     if rules is not None and guard is not None and guard.alive():
         write_rules(inst.id, rules)
     changed, kept = put_on_tree(tree_pids(inst), targets)
+    if not host.system().startswith("linux"):
+        kept.append(NO_GUARD_NOTE.format(system=host.system()))
     now = time.time()
     registry.update(
         inst.id,

@@ -87,8 +87,24 @@ def host_findings(
     found: list[Finding] = []
     if not facts.platform.startswith("linux"):
         found.append(Finding("scheduler", "info", f"{facts.platform}: nice only; no autogroup or cgroups"))
+        found.append(
+            Finding(
+                "guard",
+                "info",
+                f"none on {facts.platform} (no subreaper, no /proc): a process an agent detaches or moves to "
+                "a session of its own is not followed; stops reach the agent's process group",
+            )
+        )
         found.append(_verdict(facts, resolved, tools or []))
         return found
+    found.append(
+        Finding(
+            "guard",
+            "ok",
+            "each agent runs under a guard that keeps its profile on everything it starts (new sessions "
+            "lowered within 0.5 s, daemons kept in its tree and stopped with it)",
+        )
+    )
     if facts.autogroup is None:
         found.append(Finding("autogroup", "info", "not in this kernel"))
     else:

@@ -8,6 +8,7 @@ best-effort 0, oom_score_adj 0: as far as the kernel lets it). Writes JSON {"pid
 more child in a session of its own and writes its pid to REPORT_PATH.late.
 """
 
+import contextlib
 import json
 import os
 import signal
@@ -45,10 +46,8 @@ if raising:
     ready_r, ready_w = os.pipe()
     raiser = os.fork()
     if raiser == 0:
-        try:
+        with contextlib.suppress(OSError):
             os.nice(-5)
-        except OSError:
-            pass
         os.system(f"ionice -c 2 -n 0 -p {os.getpid()} 2>/dev/null")
         try:
             with open("/proc/self/oom_score_adj", "w") as f:
@@ -58,6 +57,7 @@ if raising:
         os.write(ready_w, b"x")
         forever()
     os.read(ready_r, 1)
+
 
 def late(_signum: int, _frame: object) -> None:
     child = os.fork()

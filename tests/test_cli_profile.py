@@ -179,3 +179,6 @@ def test_macos_degrades_to_nice_only(interactive, monkeypatch) -> None:
     checked = CliRunner().invoke(main, ["check", "--json"])
     checks = {c["name"]: c for c in json.loads(checked.output)["checks"]}
     assert checks["ionice on PATH"]["status"] == "info" and "darwin" in checks["scheduler"]["detail"]
+    assert checks["guard"]["status"] == "info" and "not followed" in checks["guard"]["detail"]
+    dry = json.loads(CliRunner().invoke(main, ["spawn", "--dry-run", "--json", "--", "make"]).output)
+    assert dry["guard"] is None  # no guard to start: the agent runs directly under kas

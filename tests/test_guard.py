@@ -6,6 +6,7 @@ raises its own priority. Read back through /proc and psutil, in both modes.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -70,14 +71,14 @@ def cleanup() -> Iterator[list[int]]:
     pids: list[int] = []
     yield pids
     for pid in pids:
-        try:
+        with contextlib.suppress(OSError):
             os.kill(pid, signal.SIGKILL)
-        except OSError:
-            pass
 
 
 def spawn_escaper(mode: str, fifo: Path, *extra: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    row = cli_json("spawn", "--detach", "--mode", mode, "--json", "--", sys.executable, ESCAPER, str(fifo), *extra)
+    row = cli_json(
+        "spawn", "--detach", "--mode", mode, "--json", "--", sys.executable, ESCAPER, str(fifo), *extra
+    )
     return row, read_report(fifo)
 
 
@@ -88,7 +89,9 @@ def mode(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
-def test_escaped_sessions_are_lowered_and_stopped_with_the_agent(mode: str, interactive, tmp_path: Path, cleanup) -> None:
+def test_escaped_sessions_are_lowered_and_stopped_with_the_agent(
+    mode: str, interactive, tmp_path: Path, cleanup
+) -> None:
     row, report = spawn_escaper(mode, make_fifo(tmp_path / "r"))
     escaped = [report["session"], report["daemon"]]
     cleanup += [report["pid"], *escaped]
@@ -119,7 +122,9 @@ def test_what_an_agent_leaves_behind_ends_with_it(project: Path, tmp_path: Path)
     done = subprocess.run([KAS, "spawn", "--", "sh", "-c", script], cwd=project, timeout=30)
     assert done.returncode == 4
     plan = project / "plan.toml"
-    plan.write_text(f'name = "w"\n[[waves]]\n[[waves.tasks]]\nid = "t"\ncommand = ["sh", "-c", {json.dumps(script)}]\n')
+    plan.write_text(
+        f'name = "w"\n[[waves]]\n[[waves.tasks]]\nid = "t"\ncommand = ["sh", "-c", {json.dumps(script)}]\n'
+    )
     subprocess.run([KAS, "wave", "run", "--yes", str(plan)], cwd=project, timeout=60, capture_output=True)
     left = [int(line) for line in record.read_text().split()]
     assert len(left) == 4
@@ -127,16 +132,16 @@ def test_what_an_agent_leaves_behind_ends_with_it(project: Path, tmp_path: Path)
         assert still_running(left, timeout=1) == []
     finally:
         for pid in left:
-            try:
+            with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
-            except OSError:
-                pass
 
 
 def test_a_guard_passes_on_the_agents_status(project: Path) -> None:
     assert subprocess.run([KAS, "spawn", "--", "sh", "-c", "exit 7"], cwd=project).returncode == 7
     assert subprocess.run([KAS, "spawn", "--", "sh", "-c", "kill -TERM $$"], cwd=project).returncode == 143
-    missing = subprocess.run([KAS, "spawn", "--", "no-such-command-kas"], cwd=project, capture_output=True, text=True)
+    missing = subprocess.run(
+        [KAS, "spawn", "--", "no-such-command-kas"], cwd=project, capture_output=True, text=True
+    )
     assert missing.returncode != 0 and "command not found" in missing.stderr
 
 
@@ -148,7 +153,9 @@ def unprivileged() -> list[str]:
     return ["setpriv", "--inh-caps=-all", "--bounding-set=-all", "--"]
 
 
-def test_profile_apply_moves_a_live_agents_tree_both_ways(interactive, project: Path, tmp_path: Path, cleanup) -> None:
+def test_profile_apply_moves_a_live_agents_tree_both_ways(
+    interactive, project: Path, tmp_path: Path, cleanup
+) -> None:
     fifo = make_fifo(tmp_path / "r")
     started = subprocess.run(
         [*unprivileged(), KAS, "spawn", "--detach", "--json", "--", sys.executable, ESCAPER, str(fifo)],
@@ -181,7 +188,11 @@ def test_profile_apply_moves_a_live_agents_tree_both_ways(interactive, project: 
     if groups:
         assert {autogroup(pid) for pid in tree} == {0}
     shown = cli_json("instance", "show", "--json", row["id"])
-    assert shown["resource_profile"] == "normal" and shown["applied_from"] == "interactive" and shown["applied_at"]
+    assert (
+        shown["resource_profile"] == "normal"
+        and shown["applied_from"] == "interactive"
+        and shown["applied_at"]
+    )
 
     heavier = apply("interactive")
     assert heavier["previous"] == "normal" and not heavier["kept"]
@@ -200,7 +211,9 @@ def test_profile_apply_needs_ids_or_all_and_names_a_finished_one(project: Path) 
     assert cli_json("profile", "apply", "interactive", "--all", "--json") == []
 
 
-def test_check_audits_every_running_agent_and_fails_only_on_a_raised_priority(interactive, tmp_path: Path, cleanup) -> None:
+def test_check_audits_every_running_agent_and_fails_only_on_a_raised_priority(
+    interactive, tmp_path: Path, cleanup
+) -> None:
     row, report = spawn_escaper("sdk", make_fifo(tmp_path / "r"))
     cleanup += [report["pid"], report["session"], report["daemon"]]
     if host.autogroup_enabled():
@@ -213,10 +226,14 @@ def test_check_audits_every_running_agent_and_fails_only_on_a_raised_priority(in
     assert audit.exit_code == 0, audit.output
     # Without its guard (killed), a process of the tree that raised its priority stays raised: check fails.
     os.kill(row["guard_pid"], signal.SIGKILL)
-    os.setpriority(os.PRIO_PROCESS, report["session"], 2)  # root may; a desktop user's agent could with RLIMIT_NICE
+    os.setpriority(
+        os.PRIO_PROCESS, report["session"], 2
+    )  # root may; a desktop user's agent could with RLIMIT_NICE
     audit = cli("check")
     assert audit.exit_code == 1
-    assert f"pid {report['session']} (python" in audit.stdout and "nice is 2, profile wants 10" in audit.stdout
+    assert (
+        f"pid {report['session']} (python" in audit.stdout and "nice is 2, profile wants 10" in audit.stdout
+    )
     # Kept lower than asked (nice 15) is reported, not failed.
     os.setpriority(os.PRIO_PROCESS, report["session"], 15)
     audit = cli("check", "--json")
@@ -225,7 +242,9 @@ def test_check_audits_every_running_agent_and_fails_only_on_a_raised_priority(in
     assert [p["pid"] for p in agent["lower"]] == [report["session"]]
 
 
-def test_adopt_puts_the_profile_on_an_outside_tree_and_guards_it(interactive, project: Path, tmp_path: Path, cleanup) -> None:
+def test_adopt_puts_the_profile_on_an_outside_tree_and_guards_it(
+    interactive, project: Path, tmp_path: Path, cleanup
+) -> None:
     fifo = make_fifo(tmp_path / "r")
     outside = subprocess.Popen([sys.executable, ESCAPER, str(fifo)], start_new_session=True)
     report = read_report(fifo)
@@ -264,4 +283,53 @@ def test_stop_keep_daemons_lets_what_left_the_group_run_on(tmp_path: Path, clean
     cleanup += [report["pid"], report["session"], report["daemon"]]
     assert cli("instance", "stop", "--keep-daemons", row["id"]).exit_code == 0
     assert still_running([report["pid"]]) == []
-    assert sorted(still_running([report["session"], report["daemon"]], timeout=0.5)) == sorted([report["session"], report["daemon"]])
+    assert sorted(still_running([report["session"], report["daemon"]], timeout=0.5)) == sorted(
+        [report["session"], report["daemon"]]
+    )
+
+
+def test_show_marks_escaped_sessions_and_daemons(interactive, tmp_path: Path, cleanup) -> None:
+    row, report = spawn_escaper("sdk", make_fifo(tmp_path / "r"))
+    cleanup += [report["pid"], report["session"], report["daemon"]]
+    if host.autogroup_enabled():
+        eventually(lambda: autogroup(report["daemon"]) == 19)
+    live = {p["pid"]: p for p in cli_json("instance", "show", "--json", row["id"])["live"]}
+    assert live[report["pid"]]["marks"] == []
+    assert "own session" in live[report["session"]]["marks"]
+    assert {"own session", "daemon"} <= set(live[report["daemon"]]["marks"])
+    if host.autogroup_enabled():
+        assert "lowered" in live[report["session"]]["marks"]
+    table = cli("instance", "show", row["id"]).output
+    assert "NOTES" in table and "daemon" in table
+
+
+def test_pause_and_resume_reach_the_whole_tree(tmp_path: Path, cleanup) -> None:
+    row, report = spawn_escaper("sdk", make_fifo(tmp_path / "r"))
+    tree = [report["pid"], report["session"], report["daemon"]]
+    cleanup += tree
+    assert cli("instance", "pause", row["id"]).exit_code == 0
+    eventually(lambda: {psutil.Process(pid).status() for pid in tree} == {psutil.STATUS_STOPPED})
+    assert cli("instance", "resume", row["id"]).exit_code == 0
+    eventually(lambda: psutil.STATUS_STOPPED not in {psutil.Process(pid).status() for pid in tree})
+
+
+def test_an_agent_started_before_guards_is_still_stopped_and_switched(interactive, project: Path) -> None:
+    """A row written by a kas without guards (no guard pid): its process group is what kas reaches."""
+    from kas.probe import create_time
+    from kas.registry import Instance, Registry
+
+    old = subprocess.Popen(["sleep", "300"], start_new_session=True)
+    try:
+        registry = Registry()
+        registry.insert(
+            Instance(id="old001", name="old", mode="sdk", status="running", cwd=str(project), argv=["sleep"],
+                     wrapped_argv=["sleep"], resource_profile="normal", settings={}, env={}, pid=old.pid,
+                     pid_create_time=create_time(old.pid), started_at=time.time())
+        )  # fmt: skip
+        registry.close()
+        applied = cli_json("profile", "apply", "interactive", "old001", "--json")
+        assert applied[0]["profile"] == "interactive" and psutil.Process(old.pid).nice() == 10
+        assert cli("instance", "stop", "old001").exit_code == 0
+        assert old.wait(timeout=10) == -signal.SIGTERM
+    finally:
+        old.kill()
