@@ -241,7 +241,11 @@ def test_verdict_for_each_kind_of_machine() -> None:
     )
     assert verdict(facts(), resolve(None)).status == "warn"
     darwin = host_findings(facts(platform="darwin"), interactive)
-    assert [(f.name, f.status) for f in darwin] == [("scheduler", "info"), ("guard", "info"), ("verdict", "ok")]
+    assert [(f.name, f.status) for f in darwin] == [
+        ("scheduler", "info"),
+        ("guard", "info"),
+        ("verdict", "ok"),
+    ]
 
 
 def test_check_tells_the_truth_about_this_machine(kas, write_config) -> None:
