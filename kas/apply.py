@@ -18,9 +18,9 @@ from typing import Any
 from kas import platform as host
 from kas.instances import refresh
 from kas.launch.session import autogroup_here
-from kas.launch.tree import IOCLASS, GuardRef, descendants, guard_rules, write_rules
+from kas.launch.tree import IOCLASS, SCHED_POLICY, GuardRef, descendants, guard_rules, write_rules
 from kas.registry import Instance, Registry
-from kas.resolver import ResolvedProfile
+from kas.resolver import ResolvedProfile, agent_cpus
 from kas.status import ORPHANED, PAUSED, RUNNING
 
 NO_GUARD_NOTE = (
@@ -62,6 +62,11 @@ class Targets:
         self.ioprio = (IOCLASS[s.ionice_class] << 13 | level) if active_io else 0
         self.autogroup = autogroup_here(resolved)
         self.oom = (s.oom_score_adj or 0) if resolved.active else 0
+        linux = host.system().startswith("linux")
+        everywhere = sorted(os.sched_getaffinity(0)) if linux else []
+        reserved = agent_cpus(s.reserve_cpus, everywhere) if resolved.active and linux else None
+        self.cpus = reserved or everywhere  # both ways: a lighter profile gives the CPUs back
+        self.policy = SCHED_POLICY.get(s.sched_policy, 0) if resolved.active else 0
 
 
 def tree_pids(inst: Instance) -> list[int]:
@@ -108,6 +113,8 @@ def put_on_tree(pids: list[int], targets: Targets) -> tuple[list[str], list[str]
                     )
             except OSError:
                 continue
+            if kernel is not None:
+                _cpus_and_policy(tid, targets, changed, kept)
             if kernel is not None and kernel.io is not None:
                 before = kernel.ioprio(tid)
                 if before is not None and before != targets.ioprio:
@@ -130,6 +137,38 @@ def put_on_tree(pids: list[int], targets: Targets) -> tuple[list[str], list[str]
             else:
                 changed.add(f"autogroup {group[1]} -> {targets.autogroup}")
     return sorted(changed), list(kept.values())
+
+
+POLICY_NAMES = {0: "normal", 3: "batch", 5: "idle"}
+
+
+def _cpus_and_policy(tid: int, targets: Targets, changed: set[str], kept: dict[str, str]) -> None:
+    try:
+        if targets.cpus and sorted(os.sched_getaffinity(tid)) != targets.cpus:
+            os.sched_setaffinity(tid, targets.cpus)
+            changed.add(f"CPUs {_span(targets.cpus)}")
+    except OSError:
+        pass
+    try:
+        have = os.sched_getscheduler(tid)
+        if have != targets.policy and have in POLICY_NAMES:
+            os.sched_setscheduler(tid, targets.policy, os.sched_param(0))
+            changed.add(f"sched_policy {POLICY_NAMES[have]} -> {POLICY_NAMES[targets.policy]}")
+    except PermissionError:
+        kept["policy"] = (
+            f"sched_policy stays {POLICY_NAMES[have]} (an unprivileged process cannot leave SCHED_IDLE "
+            "unless RLIMIT_NICE allows its nice; it ends with the agent)"
+        )
+    except OSError:
+        pass
+
+
+def _span(cpus: list[int]) -> str:
+    return (
+        f"{cpus[0]}-{cpus[-1]}"
+        if cpus == list(range(cpus[0], cpus[-1] + 1)) and len(cpus) > 1
+        else ",".join(map(str, cpus))
+    )
 
 
 def _oom(pid: int, value: int, changed: set[str], kept: dict[str, str]) -> None:

@@ -121,14 +121,67 @@ def host_findings(
     found.append(
         Finding("cgroup", "info", f"v{facts.cgroup_version}, {manager}" if facts.cgroup_version else "none")
     )
-    sched = facts.io_scheduler
-    if sched is None:
-        found.append(Finding("I/O scheduler", "info", "unknown for this directory's filesystem"))
-    elif sched == "none":
-        found.append(Finding("I/O scheduler", "warn", "none: ionice classes have no effect on this disk"))
-    else:
-        found.append(Finding("I/O scheduler", "ok", sched))
+    found.append(io_finding(facts.io_scheduler))
+    if resolved is not None and resolved.active:
+        found += lever_findings(resolved, sorted(host.cpus()))
     found.append(_verdict(facts, resolved, tools or []))
+    return found
+
+
+IO_SCHEDULERS = {
+    "bfq": ("ok", "bfq: honours I/O classes and best-effort levels"),
+    "mq-deadline": (
+        "ok",
+        "mq-deadline: honours the idle and best-effort classes, not levels within best-effort "
+        '(ionice_level has no effect; ionice_class = "idle" does)',
+    ),
+    "kyber": ("warn", "kyber: ignores I/O priority; ionice has no effect on this disk"),
+    "none": ("warn", "none: ignores I/O priority; ionice has no effect on this disk"),
+}
+
+
+def io_finding(scheduler: str | None) -> Finding:
+    """What the disk under this directory does with the I/O classes kas sets."""
+    if scheduler is None:
+        return Finding("I/O scheduler", "info", "unknown for this directory's filesystem")
+    status, detail = IO_SCHEDULERS.get(scheduler, ("info", f"{scheduler}: not known to kas"))
+    return Finding("I/O scheduler", status, detail)
+
+
+def lever_findings(resolved: ResolvedProfile, available: list[int]) -> list[Finding]:
+    """What ``reserve_cpus`` and ``sched_policy`` cost on this machine."""
+    from kas.resolver import agent_cpus
+
+    s = resolved.settings
+    found = []
+    cpus = agent_cpus(s.reserve_cpus, available)
+    if cpus is None:
+        found.append(Finding("agent CPUs", "info", f"all {len(available)} (reserve_cpus = {s.reserve_cpus})"))
+    else:
+        kept = sorted(set(available) - set(cpus))
+        share = len(cpus) / len(available)
+        found.append(
+            Finding(
+                "agent CPUs",
+                "info",
+                f"{len(cpus)} of {len(available)} (reserve_cpus = {s.reserve_cpus}): agents get at most "
+                f"{share:.0%} of the machine; CPU {', '.join(map(str, kept))} kept for the desktop, idle "
+                "when no game runs",
+            )
+        )
+    if s.sched_policy == "idle":
+        found.append(
+            Finding(
+                "sched_policy",
+                "warn",
+                "idle: agents run only on otherwise idle CPUs; a normal user cannot switch them back, and an "
+                "agent holding a lock the desktop waits on (.git/index.lock) can be starved",
+            )
+        )
+    elif s.sched_policy == "batch":
+        found.append(
+            Finding("sched_policy", "info", "batch: agents are treated as CPU-bound (fewer wake-ups)")
+        )
     return found
 
 

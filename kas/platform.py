@@ -63,6 +63,14 @@ _autogroup_lock = threading.Lock()
 _last_autogroup_write = -AUTOGROUP_SPACING
 
 
+def cpus() -> list[int]:
+    """The CPUs this process may run on (where affinity is unknown: all of them)."""
+    try:
+        return sorted(os.sched_getaffinity(0))
+    except AttributeError:
+        return list(range(os.cpu_count() or 1))
+
+
 def read_autogroup(pid: int) -> tuple[str, int] | None:
     """The autogroup name and nice of a process, e.g. ``("/autogroup-42", 10)``, or ``ROOT_AUTOGROUP``."""
     try:

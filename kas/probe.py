@@ -14,6 +14,8 @@ from kas import platform as host
 from kas.resolver import ResolvedProfile
 
 IOCLASS_NAMES = {0: "none", 1: "realtime", 2: "best-effort", 3: "idle"}
+POLICIES = {0: "normal", 1: "fifo", 2: "rr", 3: "batch", 5: "idle", 6: "deadline"}
+POLICY_RANK = {"fifo": -1, "rr": -1, "deadline": -1, "normal": 0, "batch": 1, "idle": 2}
 
 
 @dataclass
@@ -31,6 +33,8 @@ class ProcFacts:
     notes: list[str] = field(default_factory=list)  # kept lower than its profile asks: reported, not failed
     ppid: int | None = None
     session: int | None = None
+    policy: str | None = None  # scheduling policy: normal, batch, idle (others as the kernel numbers them)
+    cpus: list[int] | None = None  # CPU affinity
     # What sets it apart in the agent's tree: "own session" (it left the agent's session: setsid),
     # "daemon" (its parent ended and the guard took it in), "lowered" (the guard lowered its session).
     marks: list[str] = field(default_factory=list)
@@ -60,6 +64,12 @@ def read_process(proc: Any) -> ProcFacts:
         session: int | None = os.getsid(proc.pid)
     except OSError:
         session = None
+    policy: str | None = None
+    cpus: list[int] | None = None
+    with contextlib.suppress(OSError, AttributeError, psutil.Error):
+        number = os.sched_getscheduler(proc.pid)
+        policy = POLICIES.get(number, str(number))
+        cpus = sorted(proc.cpu_affinity())
     io_class: str | None = None
     io_level: int | None = None
     if hasattr(proc, "ionice"):
@@ -80,6 +90,8 @@ def read_process(proc: Any) -> ProcFacts:
         cgroup=host.read_cgroup(proc.pid),
         ppid=ppid,
         session=session,
+        policy=policy,
+        cpus=cpus,
     )
 
 
@@ -213,6 +225,12 @@ def expected_facts(resolved: ResolvedProfile, platform: str, autogroup_nice: int
             expected["ionice_level"] = s.ionice_level
     if autogroup_nice:
         expected["autogroup_nice"] = autogroup_nice
+    if resolved.active and platform.startswith("linux"):
+        from kas import platform as host
+        from kas.resolver import agent_cpus
+
+        expected["policy"] = s.sched_policy
+        expected["cpus"] = agent_cpus(s.reserve_cpus, host.cpus())
     return expected
 
 
@@ -255,6 +273,16 @@ def compare(facts: list[ProcFacts], expected: dict[str, Any]) -> list[ProcFacts]
                 fact.problems.append(f"I/O {fact.io}, profile wants {wanted}")
             elif got_rank is not None and want_rank is not None and got_rank > want_rank:
                 fact.notes.append(f"I/O {fact.io}: lower than the profile's {wanted}")
+        want_policy = expected.get("policy")
+        if want_policy and fact.policy in POLICY_RANK:
+            if POLICY_RANK[fact.policy] < POLICY_RANK[want_policy]:
+                fact.problems.append(f"sched_policy is {fact.policy}, profile wants {want_policy}")
+            elif POLICY_RANK[fact.policy] > POLICY_RANK[want_policy]:
+                fact.notes.append(f"sched_policy {fact.policy}: lower than the profile's {want_policy}")
+        want_cpus = expected.get("cpus")
+        if want_cpus and fact.cpus and set(fact.cpus) - set(want_cpus):
+            extra = ", ".join(map(str, sorted(set(fact.cpus) - set(want_cpus))))
+            fact.problems.append(f"runs on reserved CPU {extra}")
         if fact.problems:
             bad.append(fact)
     return bad

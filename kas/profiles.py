@@ -16,6 +16,7 @@ PROFILES = ("normal", "interactive", "custom")
 IONICE_CLASSES = ("none", "best-effort", "idle")
 EXECUTION_MODES = ("sdk", "tmux")
 CGROUP_MODES = ("off", "auto", "systemd")
+SCHED_POLICIES = ("normal", "batch", "idle")
 PROFILE_ENV = "KASMOS_RESOURCE_PROFILE"
 # A name, whole: \Z and not $, which would also accept a trailing newline.
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
@@ -23,7 +24,7 @@ TRUE_WORDS = ("true", "1", "yes", "on")
 FALSE_WORDS = ("false", "0", "no", "off")
 
 Value = int | str | bool | None
-Kind = Literal["int", "choice", "bool"]
+Kind = Literal["int", "choice", "bool", "int_or_auto"]  # int_or_auto: an integer, or "auto"
 
 
 class _Unset:
@@ -60,6 +61,8 @@ class Key(NamedTuple):
             return "one of " + ", ".join(f'"{c}"' for c in self.choices)
         if self.kind == "bool":
             return "true or false"
+        if self.kind == "int_or_auto":
+            return f'an integer >= {self.minimum} or "auto"'
         if self.maximum is None:
             return f"an integer >= {self.minimum}"
         return f"an integer from {self.minimum} to {self.maximum}"
@@ -70,6 +73,8 @@ class Key(NamedTuple):
             return self.choices
         if self.kind == "bool":
             return ("true", "false")
+        if self.kind == "int_or_auto":
+            return ("auto",)
         return ()
 
 
@@ -95,6 +100,13 @@ _TABLE = (
     # tabs (up to 1000), which reload cheaply; under memory pressure the kernel kills agents first.
     Key("oom_score_adj", "int", "Linux OOM score added to agents' trees (higher: killed first under memory pressure).",
         None, 500, 0, 1000, nullable=True),
+    # Not in a preset: reserved CPUs stay idle even when no game runs (on this 2-core machine, half of it).
+    Key("reserve_cpus", "int_or_auto", 'CPUs kept free of agents through their CPU affinity ("auto": 1 per 8 cores, at least 1).',
+        0, minimum=0),
+    # Never in a preset: SCHED_IDLE cannot be undone by an unprivileged user, and an idle agent holding a
+    # lock the desktop waits on (.git/index.lock) can be starved.
+    Key("sched_policy", "choice", "Linux scheduling policy of agents: idle runs them only when a CPU is otherwise idle.",
+        "normal", choices=SCHED_POLICIES),
     Key("execution_mode", "choice", "How agents are launched: a tmux window or directly.", "sdk",
         choices=EXECUTION_MODES, control=False),
 )  # fmt: skip
@@ -133,6 +145,8 @@ def check_value(name: str, value: Any) -> Value:
         if not isinstance(value, bool):
             raise bad
         return value
+    if key.kind == "int_or_auto" and value == "auto":
+        return "auto"
     if key.kind == "choice":
         if name == "ionice_class" and value == "realtime":
             raise ConfigError(
@@ -166,7 +180,9 @@ def parse_value(name: str, text: str) -> Value:
     """Turn a ``KEY=VALUE`` string (``--set``, completion) into a typed value, then validate it."""
     key = KEYS[name]
     value: Value = text
-    if key.kind == "int":
+    if key.kind == "int_or_auto" and text.strip().lower() == "auto":
+        value = "auto"
+    elif key.kind in ("int", "int_or_auto"):
         try:
             value = int(text)
         except ValueError:

@@ -45,6 +45,8 @@ class Settings(NamedTuple):
     cpu_weight: int | None
     io_weight: int | None
     oom_score_adj: int | None
+    reserve_cpus: int | str
+    sched_policy: str
     execution_mode: str
 
     def to_dict(self) -> dict[str, Any]:
@@ -183,6 +185,15 @@ def autogroup_target(resolved: ResolvedProfile) -> int:
     if not (resolved.active and s.autogroup):
         return 0
     return s.autogroup_nice or s.nice
+
+
+def agent_cpus(reserve: int | str, available: Sequence[int]) -> list[int] | None:
+    """The CPUs agents may run on once ``reserve`` of ``available`` are kept free (the lowest-numbered
+    ones, where the desktop's interrupts tend to land); None: no limit. Agents always keep one CPU."""
+    cpus = sorted(available)
+    count = (1 if len(cpus) <= 8 else len(cpus) // 8) if reserve == "auto" else int(reserve)
+    count = min(count, len(cpus) - 1)
+    return cpus[count:] if count > 0 else None
 
 
 def wrap_argv(

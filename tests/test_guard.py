@@ -333,3 +333,34 @@ def test_an_agent_started_before_guards_is_still_stopped_and_switched(interactiv
         assert old.wait(timeout=10) == -signal.SIGTERM
     finally:
         old.kill()
+
+
+@pytest.mark.skipif(len(host.cpus()) < 2, reason="reserving a CPU needs two")
+def test_reserve_cpus_and_sched_policy_reach_a_grandchild_and_a_switch_says_what_stays(
+    write_config, project: Path, tmp_path: Path, cleanup
+) -> None:
+    from kas.resolver import agent_cpus
+
+    write_config('[resources]\nprofile = "interactive"\nreserve_cpus = 1\nsched_policy = "idle"\n')
+    fifo = make_fifo(tmp_path / "r")
+    started = subprocess.run([*unprivileged(), KAS, "spawn", "--detach", "--json", "--", sys.executable, ESCAPER, str(fifo)],
+                             cwd=project, capture_output=True, text=True, timeout=30)  # fmt: skip
+    assert started.returncode == 0, started.stderr
+    row = json.loads(started.stdout)
+    report = read_report(fifo)
+    tree = [report["pid"], report["session"], report["daemon"]]
+    cleanup += tree
+    wanted = agent_cpus(1, host.cpus())
+    if host.autogroup_enabled():  # as a normal user the guard may wait for the kernel's rate limit
+        eventually(lambda: {autogroup(pid) for pid in tree} == {19})
+    for pid in tree:  # the daemon is the agent's grandchild
+        assert sorted(os.sched_getaffinity(pid)) == wanted and os.sched_getscheduler(pid) == os.SCHED_IDLE
+    check = json.loads(cli("check", "--json").stdout)
+    assert any(c["name"] == "agent CPUs" and "1 of" in c["detail"] for c in check["checks"])
+    [agent] = check["agents"]
+    assert agent["status"] == "ok", agent["raised"]
+    done = subprocess.run([*unprivileged(), KAS, "profile", "apply", "normal", row["id"], "--json"],
+                          cwd=project, capture_output=True, text=True, timeout=30)  # fmt: skip
+    [result] = json.loads(done.stdout)
+    assert {tuple(sorted(os.sched_getaffinity(pid))) for pid in tree} == {tuple(host.cpus())}  # given back
+    assert any("sched_policy stays idle" in note for note in result["kept"])  # a normal user cannot leave it

@@ -189,6 +189,8 @@ def key_values(key: Key) -> st.SearchStrategy[object]:
         values: st.SearchStrategy[object] = st.booleans()
     elif key.kind == "choice":
         values = st.sampled_from(key.choices)
+    elif key.kind == "int_or_auto":
+        values = st.just("auto") | st.integers(key.minimum or 0, 64)
     else:
         values = st.integers(key.minimum or 0, key.maximum if key.maximum is not None else 64)
     return st.none() | values if key.nullable else values

@@ -22,6 +22,7 @@ from kas import platform as host
 from kas.cli import main
 from kas.profiles import KEYS
 from kas.registry import Instance, Registry
+from kas.resolver import agent_cpus
 from kas.status import CANCELLED, PENDING
 from tests.conftest import KAS
 from tests.helpers import agent_argv, make_fifo, read_report, still_running
@@ -84,6 +85,8 @@ EFFECTS: dict[str, tuple[str, Callable[[dict[str, Any]], bool]]] = {
     "cpu_weight": ("50", lambda d: True),  # reaches systemd-run: test_desktop's fake systemd-run
     "io_weight": ("60", lambda d: True),
     "oom_score_adj": ("700", lambda d: d["guard"]["oom"] == 700),  # the guard keeps it on the tree
+    "reserve_cpus": ("1", lambda d: d["guard"]["affinity"] == agent_cpus(1, sorted(os.sched_getaffinity(0)))),
+    "sched_policy": ('"idle"', lambda d: d["guard"]["policy"] == os.SCHED_IDLE),
     "execution_mode": ('"tmux"', lambda d: d["mode"] == "tmux"),
 }
 

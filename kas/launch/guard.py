@@ -378,6 +378,17 @@ class Run:
                         pass
                 signal.set_wakeup_fd(-1)
                 os.setpgid(0, 0)
+                rules = self.guard.rules
+                if rules.affinity:
+                    try:
+                        os.sched_setaffinity(0, rules.affinity)
+                    except OSError:
+                        pass
+                if rules.policy is not None:
+                    try:
+                        os.sched_setscheduler(0, rules.policy, os.sched_param(0))
+                    except OSError:
+                        pass
                 if terminal:
                     signal.signal(signal.SIGTTOU, signal.SIG_IGN)
                     os.tcsetpgrp(0, os.getpgrp())

@@ -19,11 +19,12 @@ from typing import Any, NamedTuple
 
 from kas.errors import LaunchError
 from kas.launch.groups import MAX_GRACE, signal_group
-from kas.resolver import ResolvedProfile
+from kas.resolver import ResolvedProfile, agent_cpus
 from kas.statedir import private_dir, state_dir
 
 GUARD_PROGRAM = Path(__file__).with_name("guard.py")
 IOCLASS = {"best-effort": 2, "idle": 3}
+SCHED_POLICY = {"batch": 3, "idle": 5}  # SCHED_BATCH, SCHED_IDLE (Linux); normal is SCHED_OTHER, 0
 REPORT_TIMEOUT = 20.0  # a guard that has not started its agent by then is taken as broken
 KILL_PATIENCE = 2.0  # after SIGUSR2 (kill everything), how long the guard gets to report the tree gone
 
@@ -55,6 +56,8 @@ def guard_rules(resolved: ResolvedProfile, autogroup_nice: int, platform: str) -
         if s.ionice_class in IOCLASS:
             rules.update(ioclass=IOCLASS[s.ionice_class], iolevel=s.ionice_level)
         rules["oom"] = s.oom_score_adj
+        rules["affinity"] = agent_cpus(s.reserve_cpus, sorted(os.sched_getaffinity(0)))
+        rules["policy"] = SCHED_POLICY.get(s.sched_policy)
     return rules
 
 
