@@ -45,18 +45,18 @@ def main() -> None:
             head = ("late p50", "late p99", "work p99")
             print(f"{'case':<46}" + "".join(f"{h:>10}" for h in head) + f"{'missed':>9}{'agent CPU s':>13}")
             for c in data["cases"]:
-                print(f"{c['case']:<46}{c['p50_ms']:>10.2f}{c['p99_ms']:>10.2f}{c['work_p99_ms']:>10.2f}"
+                print(f"{c['case']:<46}{c['late_p50_ms']:>10.2f}{c['late_p99_ms']:>10.2f}{c['work_p99_ms']:>10.2f}"
                       f"{c['missed']:>5}/{c['frames']:<4}{c['agent_cpu_s']:>12.1f}")  # fmt: skip
             cases = {c["case"]: c for c in data["cases"]}
             idle, normal, prof = cases["no load"], cases["normal"], cases["profile: interactive"]
-            ratio = prof["p99_ms"] / idle["p99_ms"]
+            ratio = prof["late_p99_ms"] / idle["late_p99_ms"]
             share = prof["agent_cpu_s"] / normal["agent_cpu_s"]
             ok = ratio <= 1.25 and prof["missed"] == 0 and share >= 0.8
             print(f"profile: p99 x{ratio:.2f} of no load, missed {prof['missed']}, agent CPU {share:.0%}: "
                   f"goal {'met' if ok else 'NOT met'}")  # fmt: skip
             escape = cases.get("profile: interactive, hogs setsid")
             if escape:
-                held = escape["p99_ms"] / prof["p99_ms"]
+                held = escape["late_p99_ms"] / prof["late_p99_ms"]
                 ok = held <= 1.25 and escape["missed"] == 0
                 print(f"hogs setsid: p99 x{held:.2f} of the plain profile case, missed {escape['missed']}: "
                       f"goal {'met' if ok else 'NOT met'}")  # fmt: skip

@@ -79,7 +79,7 @@ def adopt(registry: Registry, pid: int, name: str | None, resolved: ResolvedProf
     )
     targets = Targets(resolved)
     row.pid, row.pid_create_time = pid, born
-    changed, kept = put_on_tree(tree_pids(row), targets)
+    changed, kept = put_on_tree(tree_pids(row), targets, own_sessions=False)
     if not host.system().startswith("linux"):
         kept.append(NO_GUARD_NOTE.format(system=host.system()))
     guard_ref = None

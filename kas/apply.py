@@ -84,6 +84,24 @@ def tree_pids(inst: Instance) -> list[int]:
         return []
 
 
+def io_label(prio: int) -> str:
+    """An I/O priority as ``ionice -p`` would put it: none, be/7, idle, rt/0."""
+    klass, level = prio >> 13, prio & 0x1FFF
+    return {0: "none", 1: f"rt/{level}", 2: f"be/{level}", 3: "idle"}.get(klass, str(prio))
+
+
+def adopted(inst: Instance) -> bool:
+    """An agent kas did not start (``kas instance adopt``): its guard is not its parent."""
+    import psutil
+
+    if not inst.pid or not inst.guard_pid:
+        return False
+    try:
+        return psutil.Process(inst.pid).ppid() != inst.guard_pid
+    except psutil.Error:
+        return False
+
+
 def _threads(pid: int) -> list[int]:
     try:
         return [int(t) for t in os.listdir(f"/proc/{pid}/task")]
@@ -91,8 +109,15 @@ def _threads(pid: int) -> list[int]:
         return [pid]
 
 
-def put_on_tree(pids: list[int], targets: Targets) -> tuple[list[str], list[str]]:
-    """Move every process (every thread) to the targets; return (what changed, what the kernel kept)."""
+def put_on_tree(
+    pids: list[int], targets: Targets, *, own_sessions: bool = True
+) -> tuple[list[str], list[str]]:
+    """Move every process (every thread) to the targets; return (what changed, what the kernel kept).
+
+    A session's autogroup is shared by everything in it. kas created the sessions of the agents it
+    started; an adopted agent may share one with your shell, so without ``own_sessions`` a session is
+    moved only if its leader is in the tree, and left alone (with a note) otherwise.
+    """
     from kas.launch.guard import Kernel
 
     kernel = Kernel() if host.system().startswith("linux") else None
@@ -119,7 +144,7 @@ def put_on_tree(pids: list[int], targets: Targets) -> tuple[list[str], list[str]
                 before = kernel.ioprio(tid)
                 if before is not None and before != targets.ioprio:
                     if kernel.set_ioprio(tid, targets.ioprio):
-                        changed.add("I/O class")
+                        changed.add(f"I/O {io_label(before)} -> {io_label(targets.ioprio)}")
                     else:
                         kept["io"] = "the I/O class stays (the kernel refused the change)"
         with contextlib.suppress(OSError):
@@ -128,6 +153,12 @@ def put_on_tree(pids: list[int], targets: Targets) -> tuple[list[str], list[str]
             _oom(pid, targets.oom, changed, kept)
     if targets.autogroup or host.autogroup_enabled():
         for sid, pid in sessions.items():
+            if not own_sessions and sid not in pids:
+                kept[f"shared {sid}"] = (
+                    f"the session of pid {pid} is shared with processes outside this agent (its leader "
+                    f"{sid}: your shell?), so its autogroup is left alone; nice and I/O class still apply"
+                )
+                continue
             group = host.read_autogroup(pid)
             if group is None or group == host.ROOT_AUTOGROUP or group[1] == targets.autogroup:
                 continue
@@ -200,7 +231,7 @@ def apply_profile(registry: Registry, inst: Instance, resolved: ResolvedProfile)
     guard = GuardRef(inst.guard_pid, inst.guard_create_time) if inst.guard_pid else None
     if rules is not None and guard is not None and guard.alive():
         write_rules(inst.id, rules)
-    changed, kept = put_on_tree(tree_pids(inst), targets)
+    changed, kept = put_on_tree(tree_pids(inst), targets, own_sessions=not adopted(inst))
     if not host.system().startswith("linux"):
         kept.append(NO_GUARD_NOTE.format(system=host.system()))
     now = time.time()

@@ -11,10 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from kas import platform as host
-from kas.instances import recorded, refresh
+from kas.instances import refresh
 from kas.launch.tree import GuardRef
-from kas.probe import ProcFacts, compare, expected_facts
+from kas.probe import ProcFacts
 from kas.registry import Registry
 from kas.status import ORPHANED, PAUSED, RUNNING
 
@@ -82,11 +81,6 @@ def audit_agents(registry: Registry) -> list[AgentAudit]:
         view = refresh(registry, inst)
         if view.status not in (RUNNING, PAUSED, ORPHANED) or not view.procs:
             continue
-        wanted = recorded(view.inst)
-        expected = expected_facts(
-            wanted.resolved, host.system(), wanted.autogroup if host.autogroup_enabled() else 0
-        )
-        compare(view.procs, expected)
         audit = AgentAudit(inst.id, inst.name, inst.resource_profile, view.procs)
         audit.guard_lost = (
             bool(inst.guard_pid) and not GuardRef(inst.guard_pid or 0, inst.guard_create_time).alive()

@@ -43,9 +43,9 @@ BENCH_SESSION = "kas-bench"
 class CaseResult:
     case: str
     agents: int
-    p50_ms: float  # lateness: slot to end of work
-    p99_ms: float
-    max_ms: float
+    late_p50_ms: float  # lateness: from the frame's slot to the end of its work
+    late_p99_ms: float
+    late_max_ms: float
     missed: int
     frames: int
     agent_cpu_s: float

@@ -34,6 +34,8 @@ class Config(NamedTuple):
         except ConfigError as exc:
             if self.path is None or exc.path is not None:
                 raise
+            if exc.key and any(layer and exc.key in layer for layer in extra):
+                raise  # the value came from the command line or a plan, not from this file's line
             line = key_line(self.text, exc.key) if exc.key else None
             raise exc.located(self.path, line) from None
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from kas import lifecycle
+from kas import platform as host
 from kas.launch.base import Handle
 from kas.launch.modes import launcher_for
 from kas.logwriter import rotated
@@ -103,9 +104,13 @@ def refresh(registry: Registry, inst: Instance, *, probe_tree: bool = True) -> L
         return settle(registry, inst, poll.exit_status)
     procs = []
     if probe_tree and inst.pid:
+        wanted = recorded(inst)
         procs = probe.agent_tree(
-            inst.pid, inst.pid_create_time, inst.guard_pid, inst.guard_create_time, recorded(inst).autogroup
+            inst.pid, inst.pid_create_time, inst.guard_pid, inst.guard_create_time, wanted.autogroup
         )
+        # Each process against the profile it runs under: problems (above it) and notes (kept lower).
+        groups = wanted.autogroup if host.autogroup_enabled() else 0
+        probe.compare(procs, probe.expected_facts(wanted.resolved, host.system(), groups))
     if inst.pid and probe.is_stopped(inst.pid):
         return LiveView(inst, PAUSED, procs)
     orphaned = inst.owner_pid and not probe.is_alive(inst.owner_pid, inst.owner_create_time)

@@ -34,6 +34,7 @@ class ProcFacts:
     ppid: int | None = None
     session: int | None = None
     policy: str | None = None  # scheduling policy: normal, batch, idle (others as the kernel numbers them)
+    oom_score_adj: int | None = None
     cpus: list[int] | None = None  # CPU affinity
     # What sets it apart in the agent's tree: "own session" (it left the agent's session: setsid),
     # "daemon" (its parent ended and the guard took it in), "lowered" (the guard lowered its session).
@@ -92,7 +93,16 @@ def read_process(proc: Any) -> ProcFacts:
         session=session,
         policy=policy,
         cpus=cpus,
+        oom_score_adj=_oom(proc.pid),
     )
+
+
+def _oom(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/oom_score_adj") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return None
 
 
 def process_tree(pid: int, create_time: float | None = None) -> list[ProcFacts]:
@@ -218,7 +228,8 @@ def expected_facts(resolved: ResolvedProfile, platform: str, autogroup_nice: int
     ``autogroup_nice`` is what kas writes on this machine (0: nothing, so nothing is expected).
     """
     s = resolved.settings
-    expected: dict[str, Any] = {"nice": s.nice if resolved.active else None}
+    # Under normal a nice above 0 is a process kept lower than asked (after a switch): reported, not failed.
+    expected: dict[str, Any] = {"nice": s.nice if resolved.active else 0}
     if resolved.active and platform.startswith("linux") and s.ionice_class != "none":
         expected["ionice_class"] = s.ionice_class
         if s.ionice_class == "best-effort":
@@ -231,6 +242,8 @@ def expected_facts(resolved: ResolvedProfile, platform: str, autogroup_nice: int
 
         expected["policy"] = s.sched_policy
         expected["cpus"] = agent_cpus(s.reserve_cpus, host.cpus())
+        if s.oom_score_adj is not None:
+            expected["oom_score_adj"] = s.oom_score_adj
     return expected
 
 
@@ -255,7 +268,7 @@ def compare(facts: list[ProcFacts], expected: dict[str, Any]) -> list[ProcFacts]
     profile); return those with problems."""
     bad = []
     for fact in facts:
-        for key in ("nice", "autogroup_nice"):
+        for key in ("nice", "autogroup_nice", "oom_score_adj"):
             want, got = expected.get(key), getattr(fact, key)
             if want is None or not isinstance(got, int) or got == want:
                 continue

@@ -137,7 +137,8 @@ def test_check_pid_matches_a_process_started_under_the_wrapper(
     kas, interactive, child_tree, write_config
 ) -> None:
     write_config('[resources]\nprofile = "interactive"\nautogroup = false\n')
-    proc = child_tree(["nice", "-n", "10", "ionice", "-c", "2", "-n", "7"])
+    # choom: the OOM score the guard keeps on agents; the spec's wrapper alone does not set it.
+    proc = child_tree(["nice", "-n", "10", "ionice", "-c", "2", "-n", "7", "choom", "-n", "500", "--"])
     result = kas("check", "--pid", str(proc.pid), "--json")
     data = json.loads(result.stdout)
     assert len(data["processes"]) == 2

@@ -205,7 +205,7 @@ def test_profile_apply_moves_a_live_agents_tree_both_ways(
 
 def test_profile_apply_needs_ids_or_all_and_names_a_finished_one(project: Path) -> None:
     result = cli("profile", "apply", "normal")
-    assert result.exit_code == 2 and "give instance ids or --all" in result.output
+    assert result.exit_code == 2 and "give instance ids, or --all" in result.output
     result = cli("profile", "apply", "normal", "nosuchid")
     assert result.exit_code == 2 and "no instance 'nosuchid'" in result.output
     assert cli_json("profile", "apply", "interactive", "--all", "--json") == []
@@ -271,6 +271,19 @@ def test_adopt_puts_the_profile_on_an_outside_tree_and_guards_it(
     assert cli("instance", "stop", done["id"]).exit_code == 0
     outside.wait(timeout=10)
     assert still_running(tree) == []
+
+
+def test_adopt_leaves_a_session_shared_with_the_callers_shell_alone(interactive, cleanup) -> None:
+    """An agent started from your shell shares its session: lowering that group would lower the shell."""
+    outside = subprocess.Popen(["sleep", "300"])  # in this test's session, whose leader is not adopted
+    cleanup.append(outside.pid)
+    before = autogroup(outside.pid)
+    done = cli_json("instance", "adopt", str(outside.pid), "--json")
+    assert psutil.Process(outside.pid).nice() == 10
+    assert any("shared with processes outside this agent" in note for note in done["kept"])
+    time.sleep(0.6)  # one look of its guard: it must not lower the shared group either
+    assert autogroup(outside.pid) == before
+    assert cli("instance", "stop", done["id"]).exit_code == 0
 
 
 def test_adopt_refuses_what_is_not_an_agent(project: Path) -> None:

@@ -80,8 +80,8 @@ def responsiveness(
         (
             r.case,
             r.agents,
-            f"{r.p50_ms:.2f}",
-            f"{r.p99_ms:.2f}",
+            f"{r.late_p50_ms:.2f}",
+            f"{r.late_p99_ms:.2f}",
             f"{r.work_p99_ms:.2f}",
             f"{r.missed}/{r.frames}",
             _cpu(r.agent_cpu_s, normal_cpu if r.agents else None),

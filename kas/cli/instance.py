@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 @click.group()
 def instance() -> None:
-    """List, inspect, read, pause, stop and prune the agents kas started."""
+    """List, inspect, read, pause, resume, stop, adopt and prune agents."""
 
 
 def age(seconds: float) -> str:
@@ -112,7 +112,8 @@ def show(app: App, inst_id: str, as_json: bool) -> None:
     if inst.resource_profile != "normal":
         rows.append(("profile", inst.resource_profile))
     if inst.applied_at:
-        rows.append(("profile applied", f"{_when(inst.applied_at)} (was {inst.applied_from})"))
+        switch = f"{inst.applied_from} -> {inst.resource_profile}"
+        rows.append(("profile applied", f"{_when(inst.applied_at)} ({switch}, kas profile apply)"))
     rows += [
         ("mode", inst.mode),
         ("pid", inst.pid or "-"),
@@ -137,16 +138,18 @@ def show(app: App, inst_id: str, as_json: bool) -> None:
             (
                 (
                     p.pid,
+                    "-" if p.ppid is None else p.ppid,
                     p.name,
                     p.nice,
                     p.io,
                     "-" if p.autogroup_nice is None else p.autogroup_nice,
+                    "-" if p.oom_score_adj is None else p.oom_score_adj,
                     p.cgroup or "-",
-                    ", ".join(p.marks + p.problems) or "-",
+                    ", ".join(p.marks + p.problems + p.notes) or "-",
                 )
                 for p in view.procs
             ),
-            ("PID", "NAME", "NI", "IO", "AG", "CGROUP", "NOTES"),
+            ("PID", "PPID", "NAME", "NI", "IO", "AG", "OOM", "CGROUP", "NOTES"),
         )
 
 
@@ -233,13 +236,13 @@ def stop(
     _report(out, views)
 
 
-@instance.command("pause", short_help="Freeze agents (SIGSTOP to their groups).")
+@instance.command("pause", short_help="Freeze agents' whole trees (SIGSTOP).")
 @click.argument("inst_ids", nargs=-1, metavar="ID...|--all", shell_complete=instance_ids)
 @ALL_OPTION
 @json_option("A JSON list of the instances and their status now.")
 @click.pass_obj
 def pause_cmd(app: App, inst_ids: tuple[str, ...], every: bool, as_json: bool) -> None:
-    """Freeze agents and everything in their process groups (SIGSTOP), for a match or a call.
+    """Freeze agents and everything they started (SIGSTOP to their whole trees), for a match or a call.
 
     They hold their memory but take no CPU until `kas instance resume`. Fits Feral GameMode's
     [custom] start= / end= hooks: `kas instance pause --all` / `kas instance resume --all`.
@@ -247,13 +250,13 @@ def pause_cmd(app: App, inst_ids: tuple[str, ...], every: bool, as_json: bool) -
     _pause(app, inst_ids, every, as_json, resume=False)
 
 
-@instance.command("resume", short_help="Thaw paused agents (SIGCONT).")
+@instance.command("resume", short_help="Thaw paused agents' whole trees (SIGCONT).")
 @click.argument("inst_ids", nargs=-1, metavar="ID...|--all", shell_complete=instance_ids)
 @ALL_OPTION
 @json_option("A JSON list of the instances and their status now.")
 @click.pass_obj
 def resume_cmd(app: App, inst_ids: tuple[str, ...], every: bool, as_json: bool) -> None:
-    """Let paused agents run on where they stopped (SIGCONT to their process groups)."""
+    """Let paused agents run on where they stopped (SIGCONT to their whole trees)."""
     _pause(app, inst_ids, every, as_json, resume=True)
 
 

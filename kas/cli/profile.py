@@ -26,7 +26,7 @@ def shown(value: object) -> str:
 
 @click.group()
 def profile() -> None:
-    """Show the configured resource profile and the presets; switch running agents to another."""
+    """Show the configured profile and the presets, and switch running agents to another."""
 
 
 @profile.command("show")
@@ -106,7 +106,7 @@ def list_profiles(app: App, as_json: bool) -> None:
 @json_option("A JSON list: each agent's profile before and after, what changed and what stayed.")
 @click.pass_obj
 def apply(app: App, name: str, inst_ids: tuple[str, ...], every: bool, as_json: bool) -> None:
-    """Re-apply PROFILE to running agents and their whole trees, and record it.
+    """Switch running agents and their whole trees to PROFILE, now, and record it.
 
     PROFILE is resolved as `kas profile show --profile PROFILE` would here (this directory's config,
     with PROFILE selected). The guard of each agent keeps the new profile on everything it starts from
@@ -131,11 +131,13 @@ def apply(app: App, name: str, inst_ids: tuple[str, ...], every: bool, as_json: 
         return
     if not done:
         out.line("no running agents")
+    notes: list[str] = []
     for a in done:
         if not a.changed and not a.kept and a.status not in ("running", "paused", "orphaned"):
             out.line(f"{a.inst.id}  {out.status(a.status)}: not running, left as it was")
             continue
         what = ", ".join(a.changed) or "nothing to change"
         out.line(f"{a.inst.id}  {a.previous} -> {a.inst.resource_profile}: {what}")
-        for note in a.kept:
-            out.line(f"    {note}")
+        notes += [note for note in a.kept if note not in notes]
+    for note in notes:  # once, however many agents it concerns
+        out.line(f"note: {note}")

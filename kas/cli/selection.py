@@ -33,8 +33,10 @@ def select_instances(registry: Registry, inst_ids: tuple[str, ...], every: bool)
     """The instances named (all valid before anything is done), or with --all every unfinished one."""
     from kas.status import FINISHED
 
-    if every == bool(inst_ids):
-        raise click.UsageError("give instance ids or --all (not both)")
+    if every and inst_ids:
+        raise click.UsageError("give instance ids or --all, not both")
+    if not every and not inst_ids:
+        raise click.UsageError("give instance ids, or --all for every agent that has not finished")
     if every:
         return [i for i in registry.instances(include_finished=False) if i.status not in FINISHED]
     return [find_instance(registry, inst_id) for inst_id in inst_ids]

@@ -112,8 +112,7 @@ def _print_dry_run(out: Output, data: dict[str, object], forced: tuple[str, ...]
         out.line(f"then:    autogroup nice {data['autogroup_nice']} for the agent's session group")
     guard = data.get("guard")
     if isinstance(guard, dict):
-        kept = ", ".join(f"{k} {v}" for k, v in guard.items() if v) or "the tree only (nothing lowered)"
-        out.line(f"guard:   keeps {kept} on every process the agent starts")
+        out.line(f"guard:   keeps {guard_summary(guard)} on every process the agent starts")
     env = data["env"]
     assert isinstance(env, dict)
     if env:
@@ -122,6 +121,27 @@ def _print_dry_run(out: Output, data: dict[str, object], forced: tuple[str, ...]
             out.line(f"  {var}={safe(value)}" + (" (forced)" if var in forced else ""))
     else:
         out.line("env:     (nothing added)")
+
+
+def guard_summary(rules: dict[str, object]) -> str:
+    """The guard's rules as a person reads them: ``autogroup 19, nice 10, I/O be/7, oom_score_adj 500``."""
+    parts = []
+    if rules.get("autogroup"):
+        parts.append(f"autogroup {rules['autogroup']}")
+    if rules.get("nice"):
+        parts.append(f"nice {rules['nice']}")
+    if rules.get("ioclass") == 2:
+        parts.append(f"I/O be/{rules.get('iolevel', 0)}")
+    elif rules.get("ioclass") == 3:
+        parts.append("I/O idle")
+    if rules.get("oom") is not None:
+        parts.append(f"oom_score_adj {rules['oom']}")
+    cpus = rules.get("affinity")
+    if isinstance(cpus, list) and cpus:
+        parts.append(f"CPUs {','.join(map(str, cpus))}")
+    if rules.get("policy"):
+        parts.append("sched_policy " + {3: "batch", 5: "idle"}.get(int(str(rules["policy"])), "?"))
+    return ", ".join(parts) or "the tree only (nothing lowered)"
 
 
 def _bounded_name(value: str | None) -> str | None:

@@ -230,7 +230,9 @@ class Guard:
                 continue  # its wrapper (nice -n N: relative) is still setting it up
             whole = pid in self.fresh
             self.fresh.discard(pid)
-            if rules.autogroup and self.lowered.get(st.sid) != rules.autogroup:
+            # An adopted agent may share a session with its user's shell: only sessions it leads.
+            own = not self.adopted or st.sid in self.members
+            if rules.autogroup and own and self.lowered.get(st.sid) != rules.autogroup:
                 self._autogroup(pid, st.sid, rules.autogroup)
             if rules.nice is not None:
                 for tid in threads(pid) if whole else [pid]:

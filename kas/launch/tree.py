@@ -159,8 +159,16 @@ def stop_tree(pid: int | None, guard: GuardRef | None, grace: float) -> None:
     from kas.probe import wait_gone
 
     if guard is None or not guard.alive():
-        if pid:
+        if pid:  # what is still below the agent, in its group or not (the guard that held it is gone)
+            below = descendants(pid)
+            for member in below:
+                with contextlib.suppress(OSError):
+                    os.kill(member, signal.SIGTERM)
+                    os.kill(member, signal.SIGCONT)
             stop_group(pid, grace)
+            for member in below:
+                with contextlib.suppress(OSError):
+                    os.kill(member, signal.SIGKILL)
         return
     os.kill(guard.pid, signal.SIGTERM)
     wait_gone(guard.pid, guard.create_time, timeout=min(max(grace, 0.0), MAX_GRACE))
