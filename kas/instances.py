@@ -11,7 +11,7 @@ import contextlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 from kas import lifecycle
 from kas import platform as host
@@ -47,6 +47,7 @@ class LiveView:
     inst: Instance
     status: str
     procs: list[Any] = field(default_factory=list)  # probe.ProcFacts, root first
+    telemetry: dict[str, Any] | None = None  # what its tree costs (kas.telemetry), where it was read
 
     @property
     def label(self) -> str:
@@ -56,6 +57,7 @@ class LiveView:
         data = self.inst.to_json()
         data["status"] = self.status
         data["live"] = [p.to_json() for p in self.procs]
+        data["telemetry"] = self.telemetry
         return data
 
 
@@ -77,8 +79,12 @@ def handle(inst: Instance) -> Handle:
     return launcher_for(inst.mode, tmux_socket=inst.tmux_socket).attach(inst)
 
 
-def refresh(registry: Registry, inst: Instance, *, probe_tree: bool = True) -> LiveView:
-    """Read the live state of one instance, settling rows whose process has ended."""
+def refresh(registry: Registry, inst: Instance, *, probe_tree: bool | Literal["root"] = True) -> LiveView:
+    """Read the live state of one instance, settling rows whose process has ended.
+
+    ``probe_tree`` reads the priorities of its whole tree (``True``), of its root process only
+    (``"root"``: what a list shows, without a walk of every tree), or nothing.
+    """
     from kas import probe
 
     if inst.status == PENDING:
@@ -105,9 +111,12 @@ def refresh(registry: Registry, inst: Instance, *, probe_tree: bool = True) -> L
     procs = []
     if probe_tree and inst.pid:
         wanted = recorded(inst)
-        procs = probe.agent_tree(
-            inst.pid, inst.pid_create_time, inst.guard_pid, inst.guard_create_time, wanted.autogroup
-        )
+        if probe_tree == "root":
+            procs = probe.process_root(inst.pid, inst.pid_create_time)
+        else:
+            procs = probe.agent_tree(
+                inst.pid, inst.pid_create_time, inst.guard_pid, inst.guard_create_time, wanted.autogroup
+            )
         # Each process against the profile it runs under: problems (above it) and notes (kept lower).
         groups = wanted.autogroup if host.autogroup_enabled() else 0
         probe.compare(procs, probe.expected_facts(wanted.resolved, host.system(), groups))

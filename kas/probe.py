@@ -105,6 +105,19 @@ def _oom(pid: int) -> int | None:
         return None
 
 
+def process_root(pid: int, create_time: float | None) -> list[ProcFacts]:
+    """Facts for ``pid`` alone (a list's row), empty if it is gone or the pid was recycled."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        if create_time is not None and abs(root.create_time() - create_time) > 0.05:
+            return []
+        return [read_process(root)]
+    except psutil.Error:
+        return []
+
+
 def process_tree(pid: int, create_time: float | None = None) -> list[ProcFacts]:
     """Facts for ``pid`` and all its descendants; empty if it is gone (or the pid was recycled)."""
     import psutil

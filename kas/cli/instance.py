@@ -37,39 +37,87 @@ def short(text: str, width: int = 40) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-@instance.command("list", short_help="List agents with their live status and priority.")
+LIST_COLUMNS = ("ID", "NAME", "STATUS", "PROFILE", "NI", "IO", "AG", "CPU%", "MEM", "READ/s", "WRITE/s",
+                "MODE", "AGE", "COMMAND")  # fmt: skip
+# What a narrow terminal gives up first; ID, NAME, STATUS, CPU% and MEM always stay.
+DROP_ORDER = ("COMMAND", "MODE", "PROFILE", "AGE", "AG", "IO", "READ/s", "WRITE/s", "NI")
+
+
+@instance.command("list", short_help="List agents with their live status, priority and cost.")
 @click.option("--all", "show_all", is_flag=True, help="Include finished instances.")
-@json_option("A JSON list; each object has resource_profile.")
+@click.option(
+    "--watch",
+    type=click.FloatRange(min=0.2),
+    is_flag=False,
+    flag_value=2.0,
+    metavar="[SECONDS]",
+    help="Redraw every SECONDS (default 2) until Ctrl-C; in place on a terminal.",
+)
+@json_option("A JSON list; each object has resource_profile, live (the root process) and telemetry.")
 @click.pass_obj
-def list_instances(app: App, show_all: bool, as_json: bool) -> None:
-    """List agents with their live status, niceness (NI), I/O class (IO) and autogroup nice (AG).
+def list_instances(app: App, show_all: bool, watch: float | None, as_json: bool) -> None:
+    """List agents with their live status, niceness (NI), I/O class (IO), autogroup nice (AG), and what
+    each costs summed over its whole tree: CPU% (100 = one core), memory (MEM, resident) and disk
+    reads and writes per second.
 
-    NI, IO and AG are read from the kernel now, not from what kas stored at launch.
+    Priorities are read from the kernel now, not from what kas stored at launch; the cost comes from
+    each agent's guard, which samples its tree every second. A narrow terminal drops the less essential
+    columns. With --json --watch, one JSON list per line per redraw.
     """
-    import shlex
+    out = app.output(as_json)
+    if watch is None:
+        _list_once(app, out, show_all)
+        return
+    redraw = out.is_terminal and not as_json
+    try:
+        while True:
+            if redraw:
+                out.raw(b"\x1b[H\x1b[2J")  # home, clear: the new table replaces the old one
+            _list_once(app, out, show_all, json_line=as_json)
+            if not redraw and not as_json:
+                out.line()
+            time.sleep(watch)
+    except KeyboardInterrupt:
+        return
 
+
+def _list_once(app: App, out: Output, show_all: bool, *, json_line: bool = False) -> None:
+    import shlex
+    import shutil
+
+    from kas import telemetry
     from kas.instances import refresh
     from kas.status import FINISHED
 
-    out = app.output(as_json)
     registry = open_registry(app)
     try:
-        views = [refresh(registry, inst) for inst in registry.instances(include_finished=show_all)]
+        views = [
+            refresh(registry, inst, probe_tree="root")
+            for inst in registry.instances(include_finished=show_all)
+        ]
     finally:
         registry.close()
     if not show_all:
         views = [v for v in views if v.status not in FINISHED]
-    if as_json:
-        out.json([v.to_json() for v in views])
+    for v in views:
+        if v.status not in FINISHED and v.status != "pending":
+            v.telemetry = telemetry.read(v.inst)
+    if out.as_json:
+        if json_line:
+            out.json_line([v.to_json() for v in views])
+        else:
+            out.json([v.to_json() for v in views])
         return
     if not views:
         out.line("no instances" + ("" if show_all else " running (use --all for finished ones)"))
         return
     now = time.time()
-    rows = []
+    rows: list[tuple[object, ...]] = []
     for v in views:
         root = v.procs[0] if v.procs else None
+        cost = v.telemetry or {}
         status = v.label + (f" [{safe(v.inst.task_id)}]" if v.inst.task_id else "")
+        cpu = cost.get("cpu_percent")
         rows.append(
             (
                 v.inst.id,
@@ -79,12 +127,34 @@ def list_instances(app: App, show_all: bool, as_json: bool) -> None:
                 root.nice if root else "-",
                 root.io if root else "-",
                 root.autogroup_nice if root and root.autogroup_nice is not None else "-",
+                "-" if cpu is None else f"{cpu:.0f}",
+                telemetry.size(cost.get("rss")),
+                telemetry.size(cost.get("read_bytes_per_s")),
+                telemetry.size(cost.get("write_bytes_per_s")),
                 v.inst.mode,
                 age(now - (v.inst.started_at or v.inst.created_at)),
                 short(shlex.join(v.inst.argv)),
             )
         )
-    out.table(rows, ("ID", "NAME", "STATUS", "PROFILE", "NI", "IO", "AG", "MODE", "AGE", "COMMAND"))
+    width = shutil.get_terminal_size().columns if out.is_terminal else None
+    out.table(*fit(rows, LIST_COLUMNS, DROP_ORDER, width))
+
+
+def fit(
+    rows: list[tuple[object, ...]], headers: tuple[str, ...], drop: tuple[str, ...], width: int | None
+) -> tuple[list[tuple[object, ...]], tuple[str, ...]]:
+    """Leave out columns in ``drop`` order until the table fits ``width`` (None: keep every column)."""
+    keep = list(range(len(headers)))
+
+    def needed() -> int:
+        widths = [max(len(str(headers[i])), *(len(str(r[i])) for r in rows)) for i in keep]
+        return sum(widths) + 4 * (len(widths) - 1)
+
+    for name in drop:
+        if width is None or needed() <= width:
+            break
+        keep.remove(headers.index(name))
+    return [tuple(r[i] for i in keep) for r in rows], tuple(headers[i] for i in keep)
 
 
 @instance.command("show", short_help="Show one instance and its live priority.")
@@ -95,6 +165,7 @@ def show(app: App, inst_id: str, as_json: bool) -> None:
     """Every stored field of one instance, plus the live priority of its process tree."""
     import shlex
 
+    from kas import telemetry
     from kas.cli.profile import shown
     from kas.instances import refresh
 
@@ -104,6 +175,8 @@ def show(app: App, inst_id: str, as_json: bool) -> None:
         view = refresh(registry, find_instance(registry, inst_id))
     finally:
         registry.close()
+    if view.procs:
+        view.telemetry = telemetry.read(view.inst)
     if as_json:
         out.json(view.to_json())
         return
@@ -127,12 +200,27 @@ def show(app: App, inst_id: str, as_json: bool) -> None:
     ]
     if inst.wave_run:
         rows.append(("wave", f"{inst.wave_run} wave {inst.wave_index} task {inst.task_id}"))
+    cost = view.telemetry
+    if cost:
+        cpu = cost.get("cpu_percent")
+        rows.append(
+            (
+                "cost (whole tree)",
+                f"CPU {'-' if cpu is None else f'{cpu:.0f}%'}, memory {telemetry.size(cost.get('rss'))}, "
+                f"read {telemetry.size(cost.get('read_bytes'))} "
+                f"({telemetry.size(cost.get('read_bytes_per_s'))}/s), "
+                f"written {telemetry.size(cost.get('write_bytes'))} "
+                f"({telemetry.size(cost.get('write_bytes_per_s'))}/s), "
+                f"{cost.get('num_procs', '-')} processes",
+            )
+        )
     rows += [(f"setting {k}", shown(v)) for k, v in inst.settings.items()]
     rows += [(f"env {k}", v) for k, v in inst.env.items()]
     width = max(len(key) for key, _ in rows)
     for key, value in rows:
         out.line(f"{safe(key):<{width}}  {safe(value)}")
     if view.procs:
+        each = (cost or {}).get("procs") or {}
         out.line("\nlive process tree:")
         out.table(
             (
@@ -144,13 +232,18 @@ def show(app: App, inst_id: str, as_json: bool) -> None:
                     p.io,
                     "-" if p.autogroup_nice is None else p.autogroup_nice,
                     "-" if p.oom_score_adj is None else p.oom_score_adj,
-                    p.cgroup or "-",
+                    _cpu(each.get(str(p.pid))),
+                    telemetry.size((each.get(str(p.pid)) or {}).get("rss")),
                     ", ".join(p.marks + p.problems + p.notes) or "-",
                 )
                 for p in view.procs
             ),
-            ("PID", "PPID", "NAME", "NI", "IO", "AG", "OOM", "CGROUP", "NOTES"),
+            ("PID", "PPID", "NAME", "NI", "IO", "AG", "OOM", "CPU%", "MEM", "NOTES"),
         )
+
+
+def _cpu(figures: dict[str, float] | None) -> str:
+    return "-" if not figures else f"{figures.get('cpu_percent', 0):.0f}"
 
 
 def _when(stamp: float | None) -> str:

@@ -82,6 +82,11 @@ class Output:
                 raise
             self._reader_gone(err)
 
+    @property
+    def is_terminal(self) -> bool:
+        """stdout is a terminal (a live view may redraw, a table may fit its width)."""
+        return _isatty(sys.stdout)
+
     def raw(self, data: bytes) -> None:
         """Bytes as they are (an agent's log), for a reader who wants them unchanged."""
         with self.lock:

@@ -57,13 +57,15 @@ IOPRIO_CALLS = {
 class Stat:
     """The fields of ``/proc/PID/stat`` the guard reads."""
 
-    __slots__ = ("nice", "pgid", "ppid", "sid", "start", "state")
+    __slots__ = ("cpu", "nice", "pgid", "ppid", "rss", "sid", "start", "state")
 
     def __init__(self, raw: bytes) -> None:
         fields = raw.rsplit(b")", 1)[1].split()
         self.state = fields[0]
         self.ppid, self.pgid, self.sid = int(fields[1]), int(fields[2]), int(fields[3])
         self.nice, self.start = int(fields[16]), int(fields[19])
+        self.cpu = int(fields[11]) + int(fields[12])  # utime + stime, in clock ticks
+        self.rss = int(fields[21])  # pages
 
 
 def read_stat(pid: int | str) -> Stat | None:
@@ -138,6 +140,100 @@ class Rules:
         if self.ioclass is None:
             return None
         return (self.ioclass << 13) | (self.iolevel if self.ioclass == 2 else 0)
+
+
+def read_io(pid: int) -> tuple[int, int]:
+    """Bytes the process made the disk read and write (``/proc/PID/io``, as psutil's io_counters)."""
+    read = written = 0
+    try:
+        with open(f"/proc/{pid}/io", "rb") as f:
+            for line in f:
+                if line.startswith(b"read_bytes:"):
+                    read = int(line.split()[1])
+                elif line.startswith(b"write_bytes:"):
+                    written = int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return read, written
+
+
+class Telemetry:
+    """What the agent's tree costs, summed over every process in it, written where ``kas instance list``
+    reads it (so the list need not walk every tree). Totals only grow: a process that ends keeps what it
+    used; rates come from the processes seen in two samples in a row. Field names are psutil's."""
+
+    EVERY = 1.0  # seconds between two samples
+    PROCS = 100  # per-process figures kept for `instance show`
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.last: dict[tuple[int, int], tuple[int, int, int]] = {}  # (pid, start) -> cpu ticks, read, write
+        self.totals = [0, 0, 0]  # cpu ticks, read bytes, write bytes
+        self.at = 0.0
+        self.tick = os.sysconf("SC_CLK_TCK")
+        self.page = os.sysconf("SC_PAGE_SIZE")
+
+    def due(self, now: float) -> bool:
+        return now - self.at >= self.EVERY
+
+    def sample(self, stats: dict[int, Stat], agent_sid: int | None, now: float) -> None:
+        elapsed = now - self.at if self.at else 0.0
+        seen: dict[tuple[int, int], tuple[int, int, int]] = {}
+        rates = [0, 0, 0]
+        procs: dict[str, dict[str, float]] = {}
+        rss = 0
+        sessions = set()
+        for pid, st in stats.items():
+            if st.state in (b"Z", b"X"):
+                continue
+            read, written = read_io(pid)
+            now_counts = (st.cpu, read, written)
+            key = (pid, st.start)
+            before = self.last.get(key)
+            for i in range(3):
+                delta = now_counts[i] - (before[i] if before else 0)
+                self.totals[i] += max(0, delta)
+                if before is not None:
+                    rates[i] += max(0, delta)
+            seen[key] = now_counts
+            rss += st.rss * self.page
+            sessions.add(st.sid)
+            if len(procs) < self.PROCS:
+                cpu = (st.cpu - before[0]) / self.tick / elapsed * 100 if before and elapsed else 0.0
+                procs[str(pid)] = {
+                    "cpu_percent": round(cpu, 1),
+                    "rss": st.rss * self.page,
+                    "read_bytes": read,
+                    "write_bytes": written,
+                }
+        self.last = seen
+        report = {
+            "at": time.time(),
+            "cpu_percent": round(rates[0] / self.tick / elapsed * 100, 1) if elapsed else 0.0,
+            "rss": rss,
+            "read_bytes": self.totals[1],
+            "write_bytes": self.totals[2],
+            "read_bytes_per_s": round(rates[1] / elapsed) if elapsed else 0,
+            "write_bytes_per_s": round(rates[2] / elapsed) if elapsed else 0,
+            "num_procs": len(seen),
+            "escaped_sessions": len(sessions - {agent_sid}) if agent_sid is not None else 0,
+            "procs": procs,
+        }
+        self.at = now
+        tmp = f"{self.path}.tmp"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as out:
+                json.dump(report, out)
+            os.replace(tmp, self.path)
+        except OSError:
+            pass  # a full disk costs the figures, never the guard
+
+    def remove(self) -> None:
+        try:
+            os.unlink(self.path)
+        except OSError:
+            pass
 
 
 class Guard:
@@ -316,6 +412,7 @@ class Run:
     def __init__(self, guard: Guard, report_fd: int | None) -> None:
         self.guard = guard
         self.report_fd = report_fd
+        self.telemetry: Telemetry | None = None
         self.output: int | None = None  # the read end of the agent's output pipe (detached: --log)
         self.log: Any = None  # kas.logfile.RotatingLog
         self.status: int | None = None
@@ -532,6 +629,9 @@ class Run:
             guard.reload()
             stats = guard.scan()
             guard.enforce(stats)
+            if self.telemetry is not None and self.telemetry.due(now):
+                home = stats.get(guard.agent)
+                self.telemetry.sample(stats, home.sid if home else None, now)
             next_look = now + TICK
             adopted_gone = guard.agent not in stats or stats[guard.agent].state in (b"Z", b"X")
             if self.status is None and not (guard.adopted and adopted_gone):
@@ -612,6 +712,8 @@ def main(args: list[str]) -> int:
     for fd in (0, 1, 2):
         os.dup2(null, fd)
     os.close(null)
+    if guard.rules_file:
+        run.telemetry = Telemetry(guard.rules_file.removesuffix(".json") + ".stats.json")
     try:
         status = run.loop()
     finally:
@@ -620,6 +722,8 @@ def main(args: list[str]) -> int:
                 os.unlink(guard.rules_file)
             except OSError:
                 pass
+        if run.telemetry is not None:
+            run.telemetry.remove()
     run.drain()
     if opts["record"] and opts["id"]:  # detached: nobody else is left to write how it ended
         kas_root()

@@ -1,0 +1,69 @@
+"""What agents cost, read from /proc over their whole trees: real writers and burners, read back through
+`kas instance list --json` and `kas instance show`."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from kas.cli import main
+from kas.cli.instance import fit
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc telemetry")
+
+# A child writes 64 MB (what a build's objects do), then both burn CPU until stopped.
+WRITER = """
+import os, sys
+if os.fork() == 0:
+    with open(sys.argv[1], "wb") as out:
+        for _ in range(64):
+            out.write(b"x" * 1048576)
+while True:
+    pass
+"""
+
+
+def cli_json(*args: str) -> Any:
+    result = CliRunner().invoke(main, list(args), catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def figures(inst_id: str) -> dict[str, Any]:
+    [row] = [r for r in cli_json("instance", "list", "--json") if r["id"] == inst_id]
+    return dict(row["telemetry"] or {})
+
+
+def test_telemetry_moves_when_an_agent_writes_and_burns_cpu(project: Path, tmp_path: Path) -> None:
+    row = cli_json("spawn", "--detach", "--json", "--", sys.executable, "-c", WRITER, str(tmp_path / "big"))
+    try:
+        deadline = time.monotonic() + 15
+        while not (
+            (now := figures(row["id"])).get("write_bytes", 0) >= 50 * 1024 * 1024 and now["cpu_percent"] >= 30
+        ):
+            assert time.monotonic() < deadline, now
+            time.sleep(0.2)
+        assert now["num_procs"] == 2 and now["rss"] > 1024 * 1024
+        shown = cli_json("instance", "show", "--json", row["id"])
+        assert shown["telemetry"]["write_bytes"] >= 50 * 1024 * 1024
+        assert len(shown["telemetry"]["procs"]) == 2  # per process too
+        assert {"cpu_percent", "rss", "read_bytes", "write_bytes"} <= set(
+            next(iter(shown["telemetry"]["procs"].values()))
+        )
+    finally:
+        CliRunner().invoke(main, ["instance", "stop", row["id"]])
+
+
+def test_a_narrow_terminal_keeps_the_essentials() -> None:
+    headers = ("ID", "NAME", "STATUS", "CPU%", "MEM", "COMMAND", "MODE")
+    rows = [("abc123", "coder", "running", "97", "35M", "claude -p 'a long task description here'", "sdk")]
+    kept_rows, kept = fit(rows, headers, ("COMMAND", "MODE"), 50)
+    assert kept == ("ID", "NAME", "STATUS", "CPU%", "MEM", "MODE") and len(kept_rows[0]) == len(kept)
+    assert fit(rows, headers, ("COMMAND", "MODE"), None)[1] == headers  # not a terminal: every column
+    assert fit(rows, headers, ("COMMAND", "MODE"), 20)[1] == ("ID", "NAME", "STATUS", "CPU%", "MEM")  # never less
