@@ -1,11 +1,13 @@
-"""Time `kas instance list` against a registry of 1,000 rows (issue: the registry must stay fast).
+"""Time `kas instance list` against a registry of 1,000 rows, and with live agents among them.
 
-Usage: python benchmarks/instance_list.py [ROWS]
+Usage: python benchmarks/instance_list.py [ROWS] [LIVE]   (LIVE detached agents, default 20)
 """
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
 import sys
 import time
 
@@ -53,6 +55,28 @@ def main() -> None:
         ["instance", "list"],
     ):
         print(f"kas {' '.join(argv)}: {wall([KAS, *argv], env, runs=7) * 1000:.0f} ms (median of 7)")
+    live = int(sys.argv[2]) if len(sys.argv) > 2 else 20
+    project = tmp / "project"
+    (project / ".kasmos").mkdir(parents=True)
+    (project / ".kasmos" / "config.toml").write_text('[resources]\nprofile = "interactive"\n')
+    ids = []
+    try:
+        for _ in range(live):
+            argv = [KAS, "spawn", "--detach", "--json", "--", "sh", "-c", "sleep 600 & wait"]
+            done = subprocess.run(argv, cwd=project, env=env, capture_output=True, text=True, check=True)
+            ids.append(json.loads(done.stdout)["id"])
+        time.sleep(1.5)  # every guard has written its first figures
+        for argv in (
+            ["instance", "list", "--all"],
+            ["instance", "list", "--all", "--json"],
+            ["instance", "list"],
+        ):
+            spent = wall([KAS, *argv], env, runs=7) * 1000
+            print(f"with {live} live agents, kas {' '.join(argv)}: {spent:.0f} ms (median of 7)")
+    finally:
+        subprocess.run(
+            [KAS, "instance", "stop", "--grace", "1", *ids], cwd=project, env=env, capture_output=True
+        )
 
 
 if __name__ == "__main__":

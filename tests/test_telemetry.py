@@ -67,3 +67,19 @@ def test_a_narrow_terminal_keeps_the_essentials() -> None:
     assert kept == ("ID", "NAME", "STATUS", "CPU%", "MEM", "MODE") and len(kept_rows[0]) == len(kept)
     assert fit(rows, headers, ("COMMAND", "MODE"), None)[1] == headers  # not a terminal: every column
     assert fit(rows, headers, ("COMMAND", "MODE"), 20)[1] == ("ID", "NAME", "STATUS", "CPU%", "MEM")  # never less
+
+
+def test_list_watch_redraws_until_interrupted(project: Path) -> None:
+    import signal
+    import subprocess
+
+    from tests.conftest import KAS
+    from tests.helpers import Lines
+
+    watch = subprocess.Popen([KAS, "instance", "list", "--watch", "0.2", "--json"], cwd=project,
+                             stdout=subprocess.PIPE, text=True)  # fmt: skip
+    assert watch.stdout is not None
+    lines = Lines(watch.stdout)
+    assert json.loads(lines.next()) == [] and json.loads(lines.next()) == []  # one JSON list per redraw
+    watch.send_signal(signal.SIGINT)
+    assert watch.wait(timeout=10) == 0
