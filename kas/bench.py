@@ -19,7 +19,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -49,6 +49,7 @@ class CaseResult:
     missed: int
     frames: int
     agent_cpu_s: float
+    machine_share: float = 0.0  # the agents' CPU time as a share of the whole machine's over the case
     work_p50_ms: float = 0.0  # the frame's work alone, wake-up delay left out
     work_p99_ms: float = 0.0
 
@@ -119,14 +120,14 @@ def summarize(case: str, agents: int, measured: Frames, cpu: float) -> CaseResul
     return CaseResult(
         case,
         agents,
-        round(statistics.median(late), 2),
-        round(_percentile(late, 0.99), 2),
-        round(late[-1], 2),
-        measured.missed,
-        len(late),
-        round(cpu, 2),
-        round(statistics.median(work), 2),
-        round(_percentile(work, 0.99), 2),
+        late_p50_ms=round(statistics.median(late), 2),
+        late_p99_ms=round(_percentile(late, 0.99), 2),
+        late_max_ms=round(late[-1], 2),
+        missed=measured.missed,
+        frames=len(late),
+        agent_cpu_s=round(cpu, 2),
+        work_p50_ms=round(statistics.median(work), 2),
+        work_p99_ms=round(_percentile(work, 0.99), 2),
     )
 
 
@@ -142,8 +143,10 @@ class Agents:
         warn: Callable[[str], None] = lambda _: None,
         code: str = AGENT_CODE,
         guarded: bool = True,
+        args: tuple[str, ...] = (),
     ) -> None:
         self.code = code
+        self.args = args
         self.guarded = guarded
         self.resolved = resolved
         self.count = count
@@ -152,7 +155,7 @@ class Agents:
         self.warn = warn
 
     def start(self) -> None:
-        prepared = prepare(self.resolved, [sys.executable, "-c", self.code], os.environ)
+        prepared = prepare(self.resolved, [sys.executable, "-c", self.code, *self.args], os.environ)
         for message in prepared.warnings:
             self.warn(message)
         nice = autogroup_here(self.resolved)
@@ -248,6 +251,18 @@ def cases(resolved: ResolvedProfile) -> list[Case]:
     if host.system().startswith("linux"):
         chosen.append(Case(f"profile: {base.name}, hogs setsid", base, ESCAPING_CODE))
         chosen.append(Case(f"profile: {base.name}, hogs setsid, no guard", base, ESCAPING_CODE, False))
+        # The levers that are in no preset, one at a time and together, so one run gives the trade-off.
+        if len(host.cpus()) > 1 and base.settings.reserve_cpus in (0, "auto"):
+            chosen.append(
+                Case(f"profile: {base.name} + reserve_cpus auto", base.with_settings(reserve_cpus="auto"))
+            )
+        if base.settings.sched_policy != "idle":
+            chosen.append(
+                Case(f"profile: {base.name} + sched_policy idle", base.with_settings(sched_policy="idle"))
+            )
+        if len(host.cpus()) > 1 and base.settings.sched_policy != "idle":
+            both = base.with_settings(reserve_cpus="auto", sched_policy="idle")
+            chosen.append(Case(f"profile: {base.name} + both", both))
     return chosen
 
 
@@ -275,9 +290,12 @@ def run_bench(
                 if code == ESCAPING_CODE and guarded and autogroup_here(prof):
                     wait_escapes_lowered(group, autogroup_here(prof))
                 cpu_before = group.cpu_seconds()
+                began = time.monotonic()
                 measured = frame_loop(frames, iterations)
                 cpu = group.cpu_seconds() - cpu_before
-            results.append(summarize(label, agents, measured, cpu))
+                capacity = (time.monotonic() - began) * len(host.cpus())
+            result = summarize(label, agents, measured, cpu)
+            results.append(replace(result, machine_share=round(cpu / capacity, 3)) if capacity else result)
     finally:
         # Once, at the end: a tmux server whose last session closes between cases exits, and a case
         # starting right then could ask the dying server for its session.

@@ -260,9 +260,14 @@ def test_check_tells_the_truth_about_this_machine(kas, write_config) -> None:
 
 
 def bench_agents() -> list[psutil.Process]:
+    """This test's bench agents (others may run benches too: their environment names another tmux
+    socket); not their guards, whose command line ends with the agent's."""
     found = []
-    for proc in psutil.process_iter(["cmdline"]):
-        if proc.info["cmdline"] and "while True: pass" in " ".join(proc.info["cmdline"]):
+    for proc in psutil.process_iter(["cmdline", "environ"]):
+        cmdline = proc.info["cmdline"] or []
+        own = (proc.info["environ"] or {}).get("KAS_TMUX_SOCKET") == os.environ["KAS_TMUX_SOCKET"]
+        guard = any(arg.endswith("guard.py") for arg in cmdline)
+        if own and not guard and "while True: pass" in " ".join(cmdline):
             found.append(proc)
     return found
 
@@ -281,6 +286,9 @@ def test_bench_reports_every_case_and_cleans_up(kas, interactive, mode: str, req
         "profile: interactive",
         "profile: interactive, hogs setsid",
         "profile: interactive, hogs setsid, no guard",
+        "profile: interactive + reserve_cpus auto",
+        "profile: interactive + sched_policy idle",
+        "profile: interactive + both",
     ]
     for case in data["cases"]:
         assert case["frames"] == 10 and case["late_p50_ms"] > 0 and case["late_p99_ms"] >= case["late_p50_ms"]
@@ -319,3 +327,24 @@ def test_cgroup_systemd_without_a_user_manager_is_not_called_a_scope_by_check() 
         != "agents run in a low-weight systemd scope: holds against other apps"
     )
     assert "systemd scope" in verdict(facts(user_manager=True), prof).detail
+
+
+def test_disk_bench_reports_every_case_and_leaves_no_file(kas, interactive, project: Path) -> None:
+    result = kas("bench", "disk", "--agents", "1", "--samples", "10", "--json")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert [c["case"] for c in data["cases"]] == [
+        "no load",
+        "normal",
+        "profile: interactive",
+        "profile: interactive + ionice idle",
+    ]
+    for case in data["cases"]:
+        assert case["samples"] == 10 and 0 < case["write_p50_ms"] <= case["write_p99_ms"]
+        assert 0 < case["read_p50_ms"] <= case["read_p99_ms"]
+    assert next(c for c in data["cases"] if c["case"] == "normal")["agent_write_mb_s"] > 0  # the agents wrote
+    assert not list(project.glob("kas-disk-*"))  # every file the bench wrote is gone
+    writers = [
+        p.pid for p in psutil.process_iter(["cmdline"]) if str(project) in " ".join(p.info["cmdline"] or [])
+    ]
+    assert still_running(writers) == []  # and every writer

@@ -66,7 +66,13 @@ def test_a_narrow_terminal_keeps_the_essentials() -> None:
     kept_rows, kept = fit(rows, headers, ("COMMAND", "MODE"), 50)
     assert kept == ("ID", "NAME", "STATUS", "CPU%", "MEM", "MODE") and len(kept_rows[0]) == len(kept)
     assert fit(rows, headers, ("COMMAND", "MODE"), None)[1] == headers  # not a terminal: every column
-    assert fit(rows, headers, ("COMMAND", "MODE"), 20)[1] == ("ID", "NAME", "STATUS", "CPU%", "MEM")  # never less
+    assert fit(rows, headers, ("COMMAND", "MODE"), 20)[1] == (
+        "ID",
+        "NAME",
+        "STATUS",
+        "CPU%",
+        "MEM",
+    )  # never less
 
 
 def test_list_watch_redraws_until_interrupted(project: Path) -> None:
