@@ -21,6 +21,19 @@ from kas.registry import Instance, Registry, new_id
 from kas.resolver import ResolvedProfile
 from kas.status import ACTIVE, STARTING
 
+GUARD_SUFFIX = "/kas/launch/guard.py"
+PF_KTHREAD = 0x00200000
+
+
+def _kernel_thread(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            flags = int(stat.read().rsplit(b")", 1)[1].split()[6])
+    except (OSError, ValueError, IndexError):
+        return False
+    return bool(flags & PF_KTHREAD)
+
+
 LIMITS = (
     "kas is not its parent: a daemon it double-forks within one look of the guard (0.5 s) can leave its "
     "tree, and its exit status cannot be seen"
@@ -54,6 +67,19 @@ def adopt(registry: Registry, pid: int, name: str | None, resolved: ResolvedProf
         raise KasError(f"pid {pid} belongs to another user: kas adopts only your own processes") from None
     if owner != os.getuid() and os.geteuid() != 0:
         raise KasError(f"pid {pid} belongs to another user: kas adopts only your own processes")
+    if pid == 1:
+        raise KasError("pid 1 is the init process: adopt the agent, not what runs the system")
+    if _kernel_thread(pid):
+        raise KasError(f"pid {pid} is a kernel thread: only processes an agent runs can be adopted")
+    try:
+        line = [proc, *proc.parents()]
+        held = next((p for p in line if any(a.endswith(GUARD_SUFFIX) for a in p.cmdline())), None)
+    except psutil.Error:
+        held = None
+    if held is not None:
+        raise KasError(
+            f"pid {pid} is already guarded by kas (its guard is pid {held.pid}); see `kas instance list`"
+        )
     if pid in {p.pid for p in psutil.Process().parents()} or pid == os.getpid():
         raise KasError(f"pid {pid} is this kas or one of its parents (your shell?): adopt the agent instead")
     for inst in registry.instances(include_finished=False):

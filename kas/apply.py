@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -136,6 +137,9 @@ def put_on_tree(
                         f"nice stays {have} (kas never lowers a nice, and the kernel lets no unprivileged "
                         "process do it; with autogroup on, the session's restored share is what counts)"
                     )
+            except PermissionError:
+                kept["owner"] = f"pid {pid} cannot be changed: it is not yours"
+                continue
             except OSError:
                 continue
             if kernel is not None:
@@ -229,9 +233,38 @@ def apply_profile(registry: Registry, inst: Instance, resolved: ResolvedProfile)
     targets = Targets(resolved)
     rules = guard_rules(resolved, targets.autogroup, host.system())
     guard = GuardRef(inst.guard_pid, inst.guard_create_time) if inst.guard_pid else None
-    if rules is not None and guard is not None and guard.alive():
-        write_rules(inst.id, rules)
-    changed, kept = put_on_tree(tree_pids(inst), targets, own_sessions=not adopted(inst))
+    with _switching(inst.id):  # two switches at once would leave row, rules and tree disagreeing
+        if rules is not None and guard is not None and guard.alive():
+            write_rules(inst.id, rules)
+        changed, kept = put_on_tree(tree_pids(inst), targets, own_sessions=not adopted(inst))
+        return _record(registry, inst, resolved, view.status, previous, changed, kept)
+
+
+@contextlib.contextmanager
+def _switching(inst_id: str) -> Iterator[None]:
+    """One profile switch of an agent at a time, across kas processes (an flock beside its rules)."""
+    import fcntl
+
+    from kas.launch.tree import rules_path
+
+    fd = os.open(rules_path(inst_id).with_suffix(".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _record(
+    registry: Registry,
+    inst: Instance,
+    resolved: ResolvedProfile,
+    status: str,
+    previous: str,
+    changed: list[str],
+    kept: list[str],
+) -> Applied:
+    """Write the switch into the row (profile, settings, when and from which) and report it."""
     if not host.system().startswith("linux"):
         kept.append(NO_GUARD_NOTE.format(system=host.system()))
     now = time.time()
@@ -244,4 +277,4 @@ def apply_profile(registry: Registry, inst: Instance, resolved: ResolvedProfile)
     )
     inst.resource_profile, inst.settings = resolved.name, resolved.settings.to_dict()
     inst.applied_at, inst.applied_from = now, previous
-    return Applied(inst, view.status, previous, changed, kept)
+    return Applied(inst, status, previous, changed, kept)

@@ -34,7 +34,11 @@ from kas.resolver import ResolvedProfile, resolve
 FRAME = 1 / 60
 AGENT_CODE = "while True: pass"
 # The agent stays (waiting), its child leaves for a session of its own and burns the CPU there.
-ESCAPING_CODE = "import os,sys\nif os.fork():\n    os.wait()\n    sys.exit()\nos.setsid()\nwhile True: pass"
+# It dies with the agent (PR_SET_PDEATHSIG), so even the unguarded case leaves no burner after a kill -9.
+ESCAPING_CODE = (
+    "import ctypes,os,signal,sys\nif os.fork():\n    os.wait()\n    sys.exit()\nos.setsid()\n"
+    "ctypes.CDLL(None).prctl(1, signal.SIGKILL)\nwhile True: pass"
+)
 ESCAPE_PATIENCE = 3.0  # seconds the bench waits for the guard to lower the escaped hogs' sessions
 BENCH_SESSION = "kas-bench"
 

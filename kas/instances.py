@@ -152,12 +152,13 @@ def stop(registry: Registry, inst: Instance, grace: float = 5.0, *, keep_daemons
     view = refresh(registry, inst, probe_tree=False)
     if view.status not in (RUNNING, ORPHANED, PAUSED):
         return view
-    if keep_daemons:
-        from kas.launch.tree import GuardRef, release
+    if keep_daemons and inst.guard_pid and inst.pid:
+        from kas.launch.tree import GuardRef, stop_keeping_daemons
 
-        if inst.guard_pid:
-            release(GuardRef(inst.guard_pid, inst.guard_create_time))
-    status = handle(inst).stop(grace)
+        stop_keeping_daemons(inst.pid, GuardRef(inst.guard_pid, inst.guard_create_time), grace)
+        status = None
+    else:
+        status = handle(inst).stop(grace)
     if status is None and inst.owner_pid:  # its owner saw the real status: give it a moment to write it
         from kas import probe
 

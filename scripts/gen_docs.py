@@ -95,6 +95,11 @@ FILES = {
         "tmux agents' launch specs and exit statuses, written for kas by the small runner in each "
         "agent's tmux pane."
     ),
+    f"{STATE}/guards/": (
+        r"Each running agent's guard: the rules it keeps on the agent's tree (\fIID\fP.json, rewritten by "
+        r"\fBkas profile apply\fP) and the figures of what the tree costs (\fIID\fP.stats.json, which "
+        r"\fBkas instance list\fP reads); mode 0600, removed when the agent ends."
+    ),
 }
 
 # Which of the above each page describes: kas(1) all of them, a subcommand what it uses.
@@ -102,6 +107,7 @@ STATE_VARS = ["KAS_STATE_DIR", "XDG_STATE_HOME", "KAS_DB_BUSY_TIMEOUT", "KAS_LOG
 STATE_FILES = [f"{STATE}/", f"{STATE}/instances.db", f"{STATE}/logs/"]
 TMUX_VARS = ["KAS_TMUX_SOCKET", "KAS_TMUX_SESSION", "KAS_TMUX_KEEP_WINDOWS"]
 CONFIG = ".kasmos/config.toml"
+GUARDS = f"{STATE}/guards/"
 PAGE_SECTIONS: dict[str, tuple[list[str], list[str]]] = {
     "kas.1": (list(ENVIRONMENT), list(FILES)),
     "kas-spawn.1": (["KASMOS_CONFIG", *STATE_VARS, *TMUX_VARS], [CONFIG, *STATE_FILES, f"{STATE}/status/"]),
@@ -110,11 +116,14 @@ PAGE_SECTIONS: dict[str, tuple[list[str], list[str]]] = {
         [CONFIG, *STATE_FILES, f"{STATE}/status/"],
     ),
     "kas-profile-show.1": (["KASMOS_CONFIG"], [CONFIG]),
-    "kas-check.1": (["KASMOS_CONFIG"], [CONFIG]),
+    "kas-check.1": (["KASMOS_CONFIG", *STATE_VARS], [CONFIG, *STATE_FILES, GUARDS]),
     "kas-bench-responsiveness.1": (["KASMOS_CONFIG", "KAS_TMUX_SOCKET"], [CONFIG]),
+    "kas-bench-disk.1": (["KASMOS_CONFIG", "KAS_TMUX_SOCKET"], [CONFIG]),
+    "kas-profile-apply.1": (["KASMOS_CONFIG", *STATE_VARS], [CONFIG, *STATE_FILES, GUARDS]),
+    "kas-instance-adopt.1": (["KASMOS_CONFIG", *STATE_VARS], [CONFIG, *STATE_FILES, GUARDS]),
     **{
-        f"kas-instance-{name}.1": (STATE_VARS, STATE_FILES)
-        for name in ("list", "show", "logs", "stop", "prune")
+        f"kas-instance-{name}.1": (STATE_VARS, [*STATE_FILES, GUARDS])
+        for name in ("list", "show", "logs", "stop", "prune", "pause", "resume")
     },
 }
 

@@ -377,3 +377,61 @@ def test_reserve_cpus_and_sched_policy_reach_a_grandchild_and_a_switch_says_what
     [result] = json.loads(done.stdout)
     assert {tuple(sorted(os.sched_getaffinity(pid))) for pid in tree} == {tuple(host.cpus())}  # given back
     assert any("sched_policy stays idle" in note for note in result["kept"])  # a normal user cannot leave it
+
+
+def test_a_guard_keeps_lowering_what_raises_itself_again_and_survives_bad_rules(
+    interactive, project: Path, tmp_path: Path, cleanup
+) -> None:
+    """Any process may set its own autogroup back to 0, and a rules file is only a file: neither undoes
+    the guard. Run without capabilities, as a desktop user's agents are."""
+    fifo = make_fifo(tmp_path / "r")
+    started = subprocess.run([*unprivileged(), KAS, "spawn", "--detach", "--json", "--", sys.executable, ESCAPER, str(fifo)],
+                             cwd=project, capture_output=True, text=True, timeout=30)  # fmt: skip
+    row = json.loads(started.stdout)
+    report = read_report(fifo)
+    cleanup += [report["pid"], report["session"], report["daemon"]]
+    if not host.autogroup_enabled():
+        pytest.skip("no autogroup here")
+    eventually(lambda: autogroup(report["session"]) == 19)
+    Path(f"/proc/{report['session']}/autogroup").write_text("0")  # what the process itself may do
+    eventually(lambda: autogroup(report["session"]) == 19)
+    rules = Path(os.environ["KAS_STATE_DIR"]) / "guards" / f"{row['id']}.json"
+    for bad in ("[1, 2]", '{"nice": "10"}', '{"nice": 1e20}', '{"affinity": [-1]}', '{"policy": 0}', "{"):
+        rules.write_text(bad)
+        time.sleep(0.6)  # one look with the bad file: the guard keeps its rules and lives
+        assert psutil.Process(row["guard_pid"]).status() != psutil.STATUS_ZOMBIE
+    Path(f"/proc/{report['session']}/autogroup").write_text("0")
+    eventually(lambda: autogroup(report["session"]) == 19)
+
+
+def test_adopt_refuses_kernel_threads_and_guarded_processes(tmp_path: Path, cleanup) -> None:
+    assert "kernel thread" in cli("instance", "adopt", "2").output
+    assert "init process" in cli("instance", "adopt", "1").output
+    row, report = spawn_escaper("sdk", make_fifo(tmp_path / "r"))
+    cleanup += [report["pid"], report["session"], report["daemon"]]
+    assert f"its guard is pid {row['guard_pid']}" in cli("instance", "adopt", str(report["daemon"])).output
+    assert "already guarded" in cli("instance", "adopt", str(row["guard_pid"])).output
+
+
+def test_an_agent_whose_guard_is_killed_is_waited_for_not_recorded_as_ended(
+    project: Path, tmp_path: Path
+) -> None:
+    fifo = make_fifo(tmp_path / "r")
+    spawn = subprocess.Popen([KAS, "spawn", "--", sys.executable, ESCAPER, str(fifo)], cwd=project)
+    report = read_report(fifo)
+    try:
+        guard = psutil.Process(report["pid"]).ppid()
+        os.kill(guard, signal.SIGKILL)
+        with pytest.raises(subprocess.TimeoutExpired):
+            spawn.wait(timeout=1)  # the agent still runs: kas does not say it ended
+        [row] = cli_json("instance", "list", "--json")
+        assert row["status"] == "running" and row["pid"] == report["pid"]
+        assert cli("instance", "stop", row["id"]).exit_code == 0
+        assert spawn.wait(timeout=10) == 1  # its status was never seen: lost
+        assert cli_json("instance", "show", "--json", row["id"])["status"] in ("lost", "stopped")
+        assert still_running([report["pid"], report["session"]]) == []
+    finally:
+        spawn.kill()
+        for pid in (report["pid"], report["session"], report["daemon"]):
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)

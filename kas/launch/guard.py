@@ -34,6 +34,8 @@ import time
 from typing import Any
 
 TICK = 0.5  # seconds between two looks at the tree: a new session is lowered within one
+RETRY = 0.1  # the next look when the kernel's autogroup rate limit held a session back
+THREADS_EVERY = 4  # every this many looks, every thread of every process is checked, not just new ones
 # Seconds between SIGTERM and SIGKILL for what an ended agent left behind; after a stop (the signal reached
 # them with the agent), the seconds they get beyond the agent's own end.
 LEFTOVER_GRACE = 2.0
@@ -57,7 +59,7 @@ IOPRIO_CALLS = {
 class Stat:
     """The fields of ``/proc/PID/stat`` the guard reads."""
 
-    __slots__ = ("cpu", "nice", "pgid", "ppid", "rss", "sid", "start", "state")
+    __slots__ = ("cpu", "nice", "pgid", "ppid", "rss", "sid", "start", "state", "threads")
 
     def __init__(self, raw: bytes) -> None:
         fields = raw.rsplit(b")", 1)[1].split()
@@ -66,6 +68,7 @@ class Stat:
         self.nice, self.start = int(fields[16]), int(fields[19])
         self.cpu = int(fields[11]) + int(fields[12])  # utime + stime, in clock ticks
         self.rss = int(fields[21])  # pages
+        self.threads = int(fields[17])
 
 
 def read_stat(pid: int | str) -> Stat | None:
@@ -123,23 +126,52 @@ def io_rank(prio: int, nice: int) -> tuple[int, int]:
     return (1, level)
 
 
-class Rules:
-    """What the profile asks of every process in the tree; None leaves that property alone."""
+def _number(data: dict[str, Any], key: str, low: int, high: int) -> int | None:
+    value = data.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ValueError(f"{key} = {value!r}")
+    return value
 
-    def __init__(self, data: dict[str, Any]) -> None:
-        self.nice: int | None = data.get("nice")
-        self.ioclass: int | None = data.get("ioclass")
-        self.iolevel: int = int(data.get("iolevel") or 0)
-        self.autogroup: int = int(data.get("autogroup") or 0)
-        self.oom: int | None = data.get("oom")
-        self.affinity: list[int] | None = data.get("affinity")
-        self.policy: int | None = data.get("policy")
+
+class Rules:
+    """What the profile asks of every process in the tree; None leaves that property alone.
+
+    Read from a file anyone with the user's rights could edit, so every value is checked: a rules file
+    the guard cannot read keeps the rules it had (a guard that died of one would drop the whole tree).
+    """
+
+    POLICIES = (3, 5)  # SCHED_BATCH, SCHED_IDLE: the only ones the guard moves agents to
+
+    def __init__(self, data: Any) -> None:
+        if not isinstance(data, dict):
+            raise ValueError("not a table")
+        self.nice = _number(data, "nice", 0, 19)
+        self.ioclass = _number(data, "ioclass", 2, 3)
+        self.iolevel = _number(data, "iolevel", 0, 7) or 0
+        self.autogroup = _number(data, "autogroup", 0, 19) or 0
+        self.oom = _number(data, "oom", 0, 1000)
+        self.policy = _number(data, "policy", 3, 5)
+        if self.policy is not None and self.policy not in self.POLICIES:
+            raise ValueError(f"policy = {self.policy}")
+        affinity = data.get("affinity")
+        if affinity is not None and (
+            not isinstance(affinity, list)
+            or not affinity
+            or not all(isinstance(c, int) and not isinstance(c, bool) and 0 <= c < 4096 for c in affinity)
+        ):
+            raise ValueError(f"affinity = {affinity!r}")
+        self.affinity: set[int] | None = set(affinity) if affinity is not None else None
 
     @property
     def ioprio(self) -> int | None:
         if self.ioclass is None:
             return None
         return (self.ioclass << 13) | (self.iolevel if self.ioclass == 2 else 0)
+
+
+POLICY_RANK = {0: 0, 3: 1, 5: 2}  # normal, batch, idle: higher runs less
 
 
 def read_io(pid: int) -> tuple[int, int]:
@@ -250,7 +282,8 @@ class Guard:
         self.members: dict[int, int] = {}  # pid -> kernel start time (so a recycled pid is not ours)
         self.fresh: set[int] = set()  # members not yet checked whole (every thread)
         self.seen: set[int] = pids()
-        self.lowered: dict[int, int] = {}  # session id -> autogroup nice the guard made sure of
+        self.thread_counts: dict[int, int] = {}  # pid -> threads at the last look
+        self.looks = 0
         self.subreaper = False
         self.adopted = False
 
@@ -265,11 +298,11 @@ class Guard:
                 return False
             with open(self.rules_file) as f:
                 data = json.load(f)
+            rules = Rules(data)
         except (OSError, ValueError):
             return False
         self.rules_mtime = mtime
-        self.rules = Rules(data)
-        self.lowered.clear()
+        self.rules = rules
         self.fresh.update(self.members)
         return True
 
@@ -317,21 +350,33 @@ class Guard:
             todo.extend(parents.get(pid, []))
 
     # -- keeping the rules -------------------------------------------------------------------------
-    def enforce(self, stats: dict[int, Stat]) -> None:
+    def enforce(self, stats: dict[int, Stat]) -> bool:
+        """Lower whatever in the tree has more than the rules allow; True if a session could not be
+        lowered yet (the kernel lets a normal user change one autogroup per 100 ms: look again soon).
+
+        Every session is read again at every look, since any process may raise its own autogroup back
+        to 0. A process is checked thread by thread when it is new, when its thread count changed and
+        every ``THREADS_EVERY`` looks (a thread may raise itself); in between, its main thread.
+        """
         rules = self.rules
+        pending = False
+        sessions: dict[int, int] = {}
+        self.looks += 1
+        every_thread = self.looks % THREADS_EVERY == 0
         for pid, st in stats.items():
             if st.state in (b"Z", b"X"):
                 continue
             if pid == self.agent and time.monotonic() < self.settled:
                 continue  # its wrapper (nice -n N: relative) is still setting it up
-            whole = pid in self.fresh
+            whole = every_thread or pid in self.fresh or self.thread_counts.get(pid) != st.threads
             self.fresh.discard(pid)
+            self.thread_counts[pid] = st.threads
             # An adopted agent may share a session with its user's shell: only sessions it leads.
-            own = not self.adopted or st.sid in self.members
-            if rules.autogroup and own and self.lowered.get(st.sid) != rules.autogroup:
-                self._autogroup(pid, st.sid, rules.autogroup)
+            if not self.adopted or st.sid in self.members:
+                sessions.setdefault(st.sid, pid)
+            tids = threads(pid) if whole else [pid]
             if rules.nice is not None:
-                for tid in threads(pid) if whole else [pid]:
+                for tid in tids:
                     tst = st if tid == pid else read_stat(f"{pid}/task/{tid}")
                     if tst is not None and tst.nice < rules.nice:
                         try:
@@ -340,42 +385,57 @@ class Guard:
                             pass
             want = rules.ioprio
             if want is not None:
-                for tid in threads(pid) if whole else [pid]:
+                for tid in tids:
                     have = self.kernel.ioprio(tid)
                     if have is not None and io_rank(have, st.nice) < io_rank(want, st.nice):
                         self.kernel.set_ioprio(tid, want)
             if rules.oom is not None:
                 self._oom(pid, rules.oom)
-            if whole and rules.affinity is not None:
-                for tid in threads(pid):
-                    try:
-                        os.sched_setaffinity(tid, rules.affinity)
-                    except OSError:
-                        pass
-            if whole and rules.policy is not None:
-                for tid in threads(pid):
-                    try:
-                        if os.sched_getscheduler(tid) != rules.policy:
-                            os.sched_setscheduler(tid, rules.policy, os.sched_param(0))
-                    except OSError:
-                        pass
+            if whole:
+                self._cpus_and_policy(tids, rules)
+        if rules.autogroup:
+            for sid, pid in sessions.items():
+                pending |= not self._autogroup(pid, sid, rules.autogroup)
+        return pending
 
-    def _autogroup(self, pid: int, sid: int, nice: int) -> None:
+    @staticmethod
+    def _cpus_and_policy(tids: list[int], rules: Rules) -> None:
+        """Only ever narrow the CPUs and move the policy towards idle: never the other way."""
+        for tid in tids:
+            if rules.affinity is not None:
+                try:
+                    have = os.sched_getaffinity(tid)
+                    narrowed = have & rules.affinity
+                    if narrowed and narrowed != have:
+                        os.sched_setaffinity(tid, narrowed)
+                except OSError:
+                    pass
+            if rules.policy is not None:
+                try:
+                    have_policy = os.sched_getscheduler(tid)
+                    if POLICY_RANK.get(have_policy, 2) < POLICY_RANK[rules.policy]:
+                        os.sched_setscheduler(tid, rules.policy, os.sched_param(0))
+                except OSError:
+                    pass
+
+    @staticmethod
+    def _autogroup(pid: int, sid: int, nice: int) -> bool:
+        """Make sure the session of ``pid`` is at least at ``nice``; False if the kernel refused for now."""
         path = f"/proc/{pid}/autogroup"
         try:
             with open(path) as f:
                 words = f.read().split()
-            if not words:  # the kernel's root group: its weight cannot be set
-                self.lowered[sid] = nice
-                return
-            if int(words[2]) >= nice:
-                self.lowered[sid] = nice
-                return
+            if not words or int(words[2]) >= nice:  # empty: the kernel's root group, whose weight is fixed
+                return True
             with open(path, "w") as f:
                 f.write(str(nice))
-            self.lowered[sid] = nice
+            return True
+        except FileNotFoundError:
+            return True  # gone
+        except BlockingIOError:
+            return False  # rate-limited: one write per 100 ms for a normal user
         except (OSError, IndexError, ValueError):
-            pass  # rate-limited (one write per 100 ms for a normal user) or gone: next tick
+            return True
 
     @staticmethod
     def _oom(pid: int, value: int) -> None:
@@ -595,12 +655,14 @@ class Run:
             except OSError:
                 pass  # a full disk loses output, never the guard
 
-    def drain(self, patience: float = 1.0) -> None:
-        """Copy the last output once the tree is gone (a process outside it may hold the pipe: bounded)."""
-        deadline = time.monotonic() + patience
-        while self.output is not None and time.monotonic() < deadline:
+    def drain(self, patience: float | None = 1.0) -> None:
+        """Copy the last output once the tree is gone (a process outside it may hold the pipe: bounded by
+        ``patience`` seconds, or None: until every writer has closed it)."""
+        deadline = None if patience is None else time.monotonic() + patience
+        while self.output is not None and (deadline is None or time.monotonic() < deadline):
             try:
-                select.select([self.output], [], [], max(0.0, deadline - time.monotonic()))
+                wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+                select.select([self.output], [], [], wait)
             except InterruptedError:
                 pass
             self.copy_output()
@@ -628,11 +690,11 @@ class Run:
                 continue
             guard.reload()
             stats = guard.scan()
-            guard.enforce(stats)
+            behind = guard.enforce(stats)
             if self.telemetry is not None and self.telemetry.due(now):
                 home = stats.get(guard.agent)
                 self.telemetry.sample(stats, home.sid if home else None, now)
-            next_look = now + TICK
+            next_look = now + (RETRY if behind else TICK)
             adopted_gone = guard.agent not in stats or stats[guard.agent].state in (b"Z", b"X")
             if self.status is None and not (guard.adopted and adopted_gone):
                 continue
@@ -724,16 +786,27 @@ def main(args: list[str]) -> int:
                 pass
         if run.telemetry is not None:
             run.telemetry.remove()
-    run.drain()
-    if opts["record"] and opts["id"]:  # detached: nobody else is left to write how it ended
-        kas_root()
-        from pathlib import Path
+    # Released daemons (stop --keep-daemons) may still write to the log pipe: its only reader stays, after
+    # the end is recorded, until they close it, or they would die of SIGPIPE. Otherwise the tree is gone
+    # and a second is plenty for the last output.
+    if not run.released:
+        run.drain(1.0)
+    recorded = record(opts, run.status)
+    if run.released:
+        run.drain(None)
+    return status if recorded else 1
 
-        from kas.launch.record import record_end
 
-        if not record_end(Path(opts["record"]), opts["id"], run.status):
-            return 1
-    return status
+def record(opts: dict[str, Any], status: int | None) -> bool:
+    """Detached: nobody else is left to write how the agent ended."""
+    if not (opts["record"] and opts["id"]):
+        return True
+    kas_root()
+    from pathlib import Path
+
+    from kas.launch.record import record_end
+
+    return record_end(Path(opts["record"]), opts["id"], status)
 
 
 def kas_root() -> None:

@@ -141,7 +141,9 @@ class SdkHandle:
 
     def wait(self) -> int | None:
         if self.proc is not None:
-            status = exit_code(self.proc.wait())
+            status: int | None = exit_code(self.proc.wait())
+            if self.guard is not None and self.pid:
+                status = self._outlived_guard(status)
             if self.pump is not None:
                 # Every byte is in the log before anyone reads it as complete; a process the agent left
                 # behind that still holds its output is not waited for.
@@ -152,6 +154,17 @@ class SdkHandle:
         if self.pid:
             wait_gone(self.pid, self.create_time)
         return None  # not our child: whoever is its parent records the status
+
+    def _outlived_guard(self, status: int | None) -> int | None:
+        """The guard ended: if the agent did not (the guard was killed), wait for the agent itself; its
+        status can no longer be seen (None: lost)."""
+        from kas.probe import create_time, wait_gone
+
+        born = create_time(self.pid) if self.pid else None
+        if not self.pid or born is None or (self.create_time and abs(born - self.create_time) > 0.05):
+            return status
+        wait_gone(self.pid, born)
+        return None
 
     def poll(self) -> Poll:
         if self.proc is not None:
@@ -221,6 +234,9 @@ class SdkLauncher:
             except LaunchError:
                 proc.wait()
                 raise
+            from kas.probe import create_time
+
+            handle.create_time = create_time(handle.pid)
         return handle
 
     def spawn(self, spec: LaunchSpec, registry: Registry, *, foreground: bool) -> SpawnOutcome:
@@ -297,16 +313,19 @@ class SdkLauncher:
                     proc.wait()
                     lifecycle.mark_failed(registry, spec.inst_id)
                     raise
-            outcome = SpawnOutcome(SdkHandle(agent, proc=proc, guard=guard_ref))
+            from kas.probe import create_time
+
+            handle = SdkHandle(agent, create_time(agent) if guard_ref else None, proc=proc, guard=guard_ref)
+            outcome = SpawnOutcome(handle)
             problem = lower_group(agent, spec.autogroup_nice)
             outcome.warnings += [problem] if problem else []
             try:
                 lifecycle.mark_running(registry, spec.inst_id, agent, guard=guard_ref)
-            except KasError:
-                stop_tree(agent, guard_ref, 2.0)  # an agent kas cannot record is not left running
+            except BaseException:  # an agent kas cannot record is not left running
+                stop_tree(agent, guard_ref, 2.0)
                 proc.wait()
                 raise
-            status = exit_code(proc.wait())
+            status = handle.wait()
             if stopped and guard is None:  # what the agent left of its group (a shell's background job)
                 stop_group(proc.pid, 2.0)
         finally:
@@ -320,8 +339,8 @@ class SdkLauncher:
                         outcome.warnings.append(
                             f"{problem} (this terminal's session stays lowered until it ends)"
                         )
-        lifecycle.mark_exited(registry, spec.inst_id, status)
-        outcome.exit_status = status
+        lifecycle.mark_exited(registry, spec.inst_id, status)  # None: lost (its guard was killed)
+        outcome.exit_status = 1 if status is None else status
         return outcome
 
     def _guarded_detached(self, spec: LaunchSpec, registry: Registry, log: Path) -> SpawnOutcome:
@@ -347,6 +366,11 @@ class SdkLauncher:
             lifecycle.mark_failed(registry, spec.inst_id, log_path=str(log))
             RotatingLog(log).write(f"kas: {exc}\n".encode())
             raise
+        except BaseException:  # interrupted before the agent was named: the guard takes its tree with it
+            with contextlib.suppress(OSError):
+                os.kill(proc.pid, signal.SIGUSR2)
+            proc.wait()
+            raise
         try:
             lifecycle.mark_running(
                 registry,
@@ -357,9 +381,11 @@ class SdkLauncher:
                 owner_create_time=guard_ref.create_time,
                 guard=guard_ref,
             )
-        except KasError:
-            stop_tree(agent, guard_ref, 2.0)  # an agent kas cannot record is not left running
+        except BaseException:  # a registry error, or Ctrl-C while it waited: nothing is left unrecorded
+            stop_tree(agent, guard_ref, 2.0)
             proc.wait()
+            with contextlib.suppress(KasError):
+                lifecycle.mark_failed(registry, spec.inst_id, log_path=str(log))
             raise
         row = registry.get(spec.inst_id)
         return SpawnOutcome(SdkHandle(agent, row.pid_create_time if row else None, guard=guard_ref))

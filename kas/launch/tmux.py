@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kas.errors import KasError, LaunchError
+from kas.errors import LaunchError
 from kas.launch.base import LaunchSpec, Poll, SpawnOutcome
 from kas.launch.groups import signal_group
 from kas.launch.tree import GuardRef, signal_tree, stop_tree
@@ -394,8 +394,8 @@ class TmuxLauncher:
             lifecycle.mark_running(
                 registry, spec.inst_id, handle.pid, tmux_target=handle.target, guard=handle.guard
             )
-        except KasError:
-            handle.stop(2.0)  # an agent kas cannot record is not left running
+        except BaseException:  # a registry error or Ctrl-C: an agent kas cannot record is not left running
+            handle.stop(2.0)
             raise
         return SpawnOutcome(handle)
 

@@ -170,21 +170,31 @@ def stop_tree(pid: int | None, guard: GuardRef | None, grace: float) -> None:
                 with contextlib.suppress(OSError):
                     os.kill(member, signal.SIGKILL)
         return
+    os.kill(guard.pid, signal.SIGCONT)  # a frozen guard could pass nothing on
     os.kill(guard.pid, signal.SIGTERM)
     wait_gone(guard.pid, guard.create_time, timeout=min(max(grace, 0.0), MAX_GRACE))
     if guard.alive():
         os.kill(guard.pid, signal.SIGUSR2)
         wait_gone(guard.pid, guard.create_time, timeout=KILL_PATIENCE)
+    if guard.alive():  # a guard that does not answer (stopped again, hung): kas ends the tree itself
+        for member in descendants(guard.pid):
+            with contextlib.suppress(OSError):
+                os.kill(member, signal.SIGKILL)
+        with contextlib.suppress(OSError):
+            os.kill(guard.pid, signal.SIGKILL)
     if pid:
         signal_group(pid, signal.SIGKILL)
 
 
-def release(guard: GuardRef | None) -> bool:
-    """Tell the guard to let the agent's daemons go when it ends (``instance stop --keep-daemons``)."""
-    if guard is None or not guard.alive():
-        return False
-    os.kill(guard.pid, signal.SIGUSR1)
-    return True
+def stop_keeping_daemons(pid: int, guard: GuardRef | None, grace: float) -> None:
+    """Stop only the agent's own process group (``instance stop --keep-daemons``): its guard is told to
+    let the rest go (SIGUSR1) and lives on only to copy their output into the log until they close it."""
+    from kas.launch.groups import stop_group
+
+    if guard is not None and guard.alive():
+        os.kill(guard.pid, signal.SIGCONT)
+        os.kill(guard.pid, signal.SIGUSR1)
+    stop_group(pid, grace)
 
 
 class Guarded(NamedTuple):
