@@ -43,10 +43,12 @@ def main() -> None:
             data = json.loads(done.stdout)
             print(f"## mode {mode}")
             head = ("late p50", "late p99", "work p99")
-            print(f"{'case':<46}" + "".join(f"{h:>10}" for h in head) + f"{'missed':>9}{'agent CPU s':>13}")
+            tail = f"{'missed':>9}{'agent CPU s':>13}{'machine':>9}"
+            print(f"{'case':<46}" + "".join(f"{h:>10}" for h in head) + tail)
             for c in data["cases"]:
-                print(f"{c['case']:<46}{c['late_p50_ms']:>10.2f}{c['late_p99_ms']:>10.2f}{c['work_p99_ms']:>10.2f}"
-                      f"{c['missed']:>5}/{c['frames']:<4}{c['agent_cpu_s']:>12.1f}")  # fmt: skip
+                figures = f"{c['late_p50_ms']:>10.2f}{c['late_p99_ms']:>10.2f}{c['work_p99_ms']:>10.2f}"
+                share = f"{c['agent_cpu_s']:>12.1f}{c['machine_share']:>9.0%}"
+                print(f"{c['case']:<46}{figures}{c['missed']:>5}/{c['frames']:<4}{share}")
             cases = {c["case"]: c for c in data["cases"]}
             idle, normal, prof = cases["no load"], cases["normal"], cases["profile: interactive"]
             ratio = prof["late_p99_ms"] / idle["late_p99_ms"]

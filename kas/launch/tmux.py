@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 from kas.errors import LaunchError
 from kas.launch.base import LaunchSpec, Poll, SpawnOutcome
 from kas.launch.groups import signal_group
-from kas.launch.tree import GuardRef, signal_tree, stop_tree
+from kas.launch.tree import GuardRef, guard_prefix, signal_tree, stop_tree, write_rules
 from kas.statedir import private_dir, state_dir
 
 if TYPE_CHECKING:
@@ -112,9 +112,13 @@ def read_status(inst_id: str) -> int | None:
         return None
 
 
+PANE_PROGRAM = Path(__file__).with_name("pane.py")
+
+
 def runner_argv(spec_file: Path) -> list[str]:
-    """The pane's command: kas's agent runner, reading everything else from the private spec file."""
-    return [sys.executable, "-m", "kas.launch.supervisor", "--pane", str(spec_file)]
+    """The pane's command: kas's agent runner (``pane.py``, standard library only, in an isolated
+    interpreter), reading everything else from the private spec file."""
+    return [sys.executable, "-I", "-S", str(PANE_PROGRAM), str(spec_file)]
 
 
 def _run(socket: str | None, *args: str, timeout: float = ANSWER_TIMEOUT) -> subprocess.CompletedProcess[str]:
@@ -301,8 +305,7 @@ class TmuxLauncher:
                 "env": dict(spec.env),
                 "from_pane": [name for name in PANE_ENV if name not in spec.prepared.env],  # not forced
                 "cwd": str(spec.cwd),
-                "id": spec.inst_id,
-                "guard": dict(spec.guard) if spec.guard is not None else None,
+                "guard_command": guard_prefix(write_rules(spec.inst_id, spec.guard)) if spec.guard else None,
                 "autogroup_nice": spec.autogroup_nice,
                 "status": str(status_path(spec.inst_id)),
                 "ready": str(ready),
@@ -341,9 +344,8 @@ class TmuxLauncher:
                 # The pane's output goes through a private FIFO to the runner, which writes the bounded log.
                 pipe = "exec cat > " + shlex.quote(str(fifo))
                 _check(server.cmd("pipe-pane", "-t", pane_id, literal(pipe)))
-            package_root = str(Path(__file__).resolve().parents[2])
             command = "exec " + shlex.join(runner_argv(spec_file))
-            _check(server.cmd("respawn-pane", "-k", "-t", pane_id, f"-ePYTHONPATH={package_root}", command))
+            _check(server.cmd("respawn-pane", "-k", "-t", pane_id, command))
         except BaseException as exc:
             # Nothing of a failed start stays: not the spec (it holds the environment), nor a window whose
             # placeholder would run on for ever.

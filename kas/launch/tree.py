@@ -89,14 +89,18 @@ def guard_argv(
 ) -> list[str]:
     """The command that runs ``argv`` under a guard: an isolated interpreter (``-I -S``: no site, no
     user paths), which keeps the per-agent process small and deaf to the agent's PYTHON* variables."""
-    command = [sys.executable, "-I", "-S", str(GUARD_PROGRAM), "--rules-file", str(rules_file)]
-    command += ["--report-fd", str(report_fd)]
+    command = [*guard_prefix(rules_file), "--report-fd", str(report_fd)]
     command += ["--terminal"] if terminal else []
     command += ["--die-with-parent"] if die_with_parent else []
     command += ["--adopt", str(adopt)] if adopt else []
     command += ["--log", str(log)] if log else []
     command += ["--record", str(record[0]), "--id", record[1]] if record else []
     return [*command, "--", *argv]
+
+
+def guard_prefix(rules_file: Path) -> list[str]:
+    """The guard's command up to its per-launch options (a tmux pane adds its own report pipe)."""
+    return [sys.executable, "-I", "-S", str(GUARD_PROGRAM), "--rules-file", str(rules_file)]
 
 
 def read_report(fd: int, timeout: float = REPORT_TIMEOUT) -> int:
