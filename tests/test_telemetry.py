@@ -63,7 +63,7 @@ def test_telemetry_moves_when_an_agent_writes_and_burns_cpu(project: Path, tmp_p
 def test_a_narrow_terminal_keeps_the_essentials() -> None:
     headers = ("ID", "NAME", "STATUS", "CPU%", "MEM", "COMMAND", "MODE")
     rows = [("abc123", "coder", "running", "97", "35M", "claude -p 'a long task description here'", "sdk")]
-    kept_rows, kept = fit(rows, headers, ("COMMAND", "MODE"), 50)
+    kept_rows, kept = fit(rows, headers, ("COMMAND", "MODE"), 48)
     assert kept == ("ID", "NAME", "STATUS", "CPU%", "MEM", "MODE") and len(kept_rows[0]) == len(kept)
     assert fit(rows, headers, ("COMMAND", "MODE"), None)[1] == headers  # not a terminal: every column
     assert fit(rows, headers, ("COMMAND", "MODE"), 20)[1] == (

@@ -146,9 +146,9 @@ def fit(
     """Leave out columns in ``drop`` order until the table fits ``width`` (None: keep every column)."""
     keep = list(range(len(headers)))
 
-    def needed() -> int:
-        widths = [max(len(str(headers[i])), *(len(str(r[i])) for r in rows)) for i in keep]
-        return sum(widths) + 4 * (len(widths) - 1)
+    def needed() -> int:  # as render_table lays it out: two wider than a header, two spaces apart
+        widths = [max(len(headers[i]) + 2, *(len(str(r[i])) for r in rows)) for i in keep]
+        return sum(widths) + 2 * (len(widths) - 1)
 
     for name in drop:
         if width is None or needed() <= width:

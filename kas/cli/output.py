@@ -160,12 +160,38 @@ class Output:
 
 
 def render_table(rows: Iterable[Sequence[Any]], headers: Sequence[str]) -> str:
-    from tabulate import tabulate
+    """A plain table: left-aligned columns two spaces apart, each at least two wider than its header.
 
-    cells = [
-        [safe(c) if isinstance(c, str) and not isinstance(c, Styled) else c for c in row] for row in rows
-    ]
-    return tabulate(cells, headers=list(headers), tablefmt="plain", disable_numparse=True)
+    The layout of tabulate's "plain" format, without tabulate: it guesses each cell's type, which took
+    40% of ``kas instance list`` over 1,000 rows. Text kas styled itself (a coloured status) is measured
+    without its escape sequences; everything else has its control characters escaped first.
+    """
+    heads = [str(h) for h in headers]
+    table = [[_text(c) for c in row] for row in rows]
+    widths = [len(h) + 2 for h in heads]
+    for row in table:
+        for i, text in enumerate(row):
+            widths[i] = max(widths[i], _visible(text))
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(c + " " * (w - _visible(c)) for c, w in zip(cells, widths, strict=False)).rstrip()
+
+    return "\n".join([line(heads), *(line(row) for row in table)])
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _text(cell: Any) -> str:
+    if cell is None:
+        return ""
+    if isinstance(cell, Styled):
+        return cell
+    return safe(cell) if isinstance(cell, str) else str(cell)
+
+
+def _visible(text: str) -> int:
+    return len(_ANSI.sub("", text)) if "\x1b" in text else len(text)
 
 
 def _isatty(stream: Any) -> bool:
