@@ -66,7 +66,7 @@ def test_spawn_dry_run_prints_the_exact_argv_and_env(kas, interactive) -> None:
     assert data["mode"] == "tmux"
     assert data["env"]["GOFLAGS"] == "-p=1"
     # The pane runs kas's agent runner, which reads the argv above from a private file (tmux never parses it).
-    assert data["tmux_command"].endswith("-m kas.launch.supervisor --pane '$KAS_STATE_DIR/status/<id>.spec'")
+    assert data["tmux_command"].endswith("/kas/launch/pane.py '$KAS_STATE_DIR/status/<id>.spec'")
 
 
 def test_spawn_dry_run_under_normal_adds_nothing(kas) -> None:

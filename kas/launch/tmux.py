@@ -1,6 +1,6 @@
 """tmux mode: one window per agent, on the user's server or a named socket.
 
-The pane runs kas's small agent runner (``kas.launch.supervisor --pane``), which starts the wrapped
+The pane runs kas's small agent runner (``kas/launch/pane.py``), which starts the wrapped
 command with exactly the environment and directory kas chose (the caller's environment, not the tmux
 server's, with the variables tmux sets to describe the pane: ``PANE_ENV``), gives it the pane's
 terminal, records its exit status and closes the pane's log pipe when it ends. tmux itself never sees a
