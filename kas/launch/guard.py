@@ -25,13 +25,15 @@ private JSON file, re-read when it changes (``kas profile apply`` rewrites it).
 
 from __future__ import annotations
 
-import json
+import _signal as signal  # the C module: signal.py's enums would add 4 ms to every agent's start
 import os
 import select
-import signal
 import sys
 import time
-from typing import Any
+
+TYPE_CHECKING = False  # typing itself costs 7 ms at start-up (it imports re); annotations need no import
+if TYPE_CHECKING:
+    from typing import Any
 
 TICK = 0.5  # seconds between two looks at the tree: a new session is lowered within one
 RETRY = 0.1  # the next look when the kernel's autogroup rate limit held a session back
@@ -95,10 +97,9 @@ class Kernel:
 
     def __init__(self) -> None:
         import ctypes
-        import platform
 
         self.libc = ctypes.CDLL(None, use_errno=True)
-        self.io = IOPRIO_CALLS.get(platform.machine())
+        self.io = IOPRIO_CALLS.get(os.uname().machine)
 
     def prctl(self, option: int, value: int) -> bool:
         return bool(self.libc.prctl(option, value, 0, 0, 0) == 0)
@@ -256,6 +257,8 @@ class Telemetry:
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "w") as out:
+                import json
+
                 json.dump(report, out)
             os.replace(tmp, self.path)
         except OSError:
@@ -296,6 +299,8 @@ class Guard:
             mtime = os.stat(self.rules_file).st_mtime_ns
             if mtime == self.rules_mtime:
                 return False
+            import json  # not at start-up: the first rules come on the command line (a faster start)
+
             with open(self.rules_file) as f:
                 data = json.load(f)
             rules = Rules(data)
@@ -715,6 +720,30 @@ class Run:
             next_look = now + 0.05  # the leftovers' end is looked for more often
 
 
+def encode_rules(rules: dict[str, Any]) -> str:
+    """Rules for the command line: ``nice=10,ioclass=2,affinity=1:2`` (None: empty)."""
+    parts = []
+    for key, value in rules.items():
+        text = "" if value is None else ":".join(map(str, value)) if isinstance(value, list) else str(value)
+        parts.append(f"{key}={text}")
+    return ",".join(parts)
+
+
+def parse_rules(text: str) -> dict[str, Any]:
+    """The inverse of ``encode_rules``; whatever it cannot read is left out (Rules checks the rest)."""
+    data: dict[str, Any] = {}
+    for part in filter(None, text.split(",")):
+        key, _, value = part.partition("=")
+        try:
+            if key == "affinity":
+                data[key] = [int(c) for c in value.split(":")] if value else None
+            else:
+                data[key] = int(value) if value else None
+        except ValueError:
+            continue
+    return data
+
+
 def parse(args: list[str]) -> dict[str, Any]:
     opts: dict[str, Any] = {"rules": {}, "rules_file": None, "report_fd": None, "terminal": False}
     opts.update(die_with_parent=False, adopt=None, argv=[], log=None, record=None, id=None)
@@ -730,7 +759,7 @@ def parse(args: list[str]) -> dict[str, Any]:
             continue
         value = args[i + 1]
         if arg == "--rules":
-            opts["rules"] = json.loads(value)
+            opts["rules"] = parse_rules(value)
         elif arg == "--rules-file":
             opts["rules_file"] = value
         elif arg == "--report-fd":
@@ -748,7 +777,8 @@ def parse(args: list[str]) -> dict[str, Any]:
 def main(args: list[str]) -> int:
     opts = parse(args)
     guard = Guard(opts["rules_file"], opts["rules"])
-    guard.reload()
+    if not opts["rules"]:
+        guard.reload()  # otherwise the file holds the same rules: the first look reads it
     run = Run(guard, opts["report_fd"])
     run.install()
     if opts["die_with_parent"]:

@@ -305,7 +305,9 @@ class TmuxLauncher:
                 "env": dict(spec.env),
                 "from_pane": [name for name in PANE_ENV if name not in spec.prepared.env],  # not forced
                 "cwd": str(spec.cwd),
-                "guard_command": guard_prefix(write_rules(spec.inst_id, spec.guard)) if spec.guard else None,
+                "guard_command": (
+                    guard_prefix(write_rules(spec.inst_id, spec.guard), spec.guard) if spec.guard else None
+                ),
                 "autogroup_nice": spec.autogroup_nice,
                 "status": str(status_path(spec.inst_id)),
                 "ready": str(ready),

@@ -78,6 +78,7 @@ def write_rules(inst_id: str, rules: Mapping[str, Any]) -> Path:
 
 def guard_argv(
     rules_file: Path,
+    rules: Mapping[str, Any],
     argv: list[str],
     *,
     report_fd: int,
@@ -89,7 +90,7 @@ def guard_argv(
 ) -> list[str]:
     """The command that runs ``argv`` under a guard: an isolated interpreter (``-I -S``: no site, no
     user paths), which keeps the per-agent process small and deaf to the agent's PYTHON* variables."""
-    command = [*guard_prefix(rules_file), "--report-fd", str(report_fd)]
+    command = [*guard_prefix(rules_file, rules), "--report-fd", str(report_fd)]
     command += ["--terminal"] if terminal else []
     command += ["--die-with-parent"] if die_with_parent else []
     command += ["--adopt", str(adopt)] if adopt else []
@@ -98,9 +99,15 @@ def guard_argv(
     return [*command, "--", *argv]
 
 
-def guard_prefix(rules_file: Path) -> list[str]:
-    """The guard's command up to its per-launch options (a tmux pane adds its own report pipe)."""
-    return [sys.executable, "-I", "-S", str(GUARD_PROGRAM), "--rules-file", str(rules_file)]
+def guard_prefix(rules_file: Path, rules: Mapping[str, Any]) -> list[str]:
+    """The guard's command up to its per-launch options (a tmux pane adds its own report pipe). The rules
+    come on the command line too, so the guard starts the agent before it needs a JSON parser."""
+    from kas.launch.guard import encode_rules
+
+    return [
+        sys.executable, "-I", "-S", str(GUARD_PROGRAM), "--rules", encode_rules(dict(rules)),
+        "--rules-file", str(rules_file),
+    ]  # fmt: skip
 
 
 def read_report(fd: int, timeout: float = REPORT_TIMEOUT) -> int:
@@ -245,6 +252,7 @@ def guarded(
     os.set_inheritable(report_r, False)
     command = guard_argv(
         rules_file,
+        rules,
         argv,
         report_fd=report_w,
         terminal=terminal,
