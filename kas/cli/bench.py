@@ -5,13 +5,18 @@ from __future__ import annotations
 import os
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
 
 import click
 
 from kas.cli.app import App
 from kas.cli.options import json_option, mode_option, tmux_socket_option
 from kas.errors import KasError
+
+if TYPE_CHECKING:
+    from kas.cli.output import Output
 
 
 @click.group()
@@ -47,17 +52,10 @@ def responsiveness(
     out = app.output(as_json)
     resolved = app.resolve(quiet=as_json)
     count = agents or 2 * (os.cpu_count() or 1)
-
-    def progress(label: str) -> None:
-        if not as_json:
-            out.line(f"running: {label} ...", err=True)
-
-    def interrupt(_signum: int, _frame: object) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, interrupt)
-    try:
-        results = run_bench(
+    results = _interruptible(
+        out,
+        "every agent was stopped",
+        lambda progress: run_bench(
             resolved,
             agents=count,
             frames=frames,
@@ -65,10 +63,8 @@ def responsiveness(
             tmux_socket=tmux_socket,
             progress=progress,
             warn=out.warn,
-        )
-    except KeyboardInterrupt:
-        out.line("interrupted; every agent was stopped", err=True)
-        sys.exit(130)
+        ),
+    )
     if as_json:
         out.json(
             {
@@ -104,6 +100,28 @@ def responsiveness(
         "MACHINE",
     )
     out.table(rows, headers)
+
+
+T = TypeVar("T")
+
+
+def _interruptible(out: Output, cleaned: str, bench: Callable[[Callable[[str], None]], T]) -> T:
+    """Run a bench with progress on stderr (not with --json); SIGTERM and Ctrl-C stop it cleanly: the
+    bench's own cleanup runs, kas says what it cleaned, and exits 130."""
+
+    def progress(label: str) -> None:
+        if not out.as_json:
+            out.line(f"running: {label} ...", err=True)
+
+    def interrupt(_signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+    try:
+        return bench(progress)
+    except KeyboardInterrupt:
+        out.line(f"interrupted; {cleaned}", err=True)
+        sys.exit(130)
 
 
 def _cpu(seconds: float, normal: float | None) -> str:
@@ -151,29 +169,21 @@ def disk(
 
     out = app.output(as_json)
     resolved = app.resolve(quiet=as_json)
-
-    def progress(label: str) -> None:
-        if not as_json:
-            out.line(f"running: {label} ...", err=True)
-
-    def interrupt(_signum: int, _frame: object) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, interrupt)
     try:
-        results = run_disk_bench(
-            resolved,
-            agents=agents,
-            samples=samples,
-            directory=directory.resolve(),
-            mode=mode or "sdk",
-            tmux_socket=tmux_socket,
-            progress=progress,
-            warn=out.warn,
+        results = _interruptible(
+            out,
+            "every agent was stopped and its files removed",
+            lambda progress: run_disk_bench(
+                resolved,
+                agents=agents,
+                samples=samples,
+                directory=directory.resolve(),
+                mode=mode or "sdk",
+                tmux_socket=tmux_socket,
+                progress=progress,
+                warn=out.warn,
+            ),
         )
-    except KeyboardInterrupt:
-        out.line("interrupted; every agent was stopped and its files removed", err=True)
-        sys.exit(130)
     except OSError as exc:
         raise KasError(f"{directory}: cannot run the disk bench there ({exc.strerror})") from None
     if as_json:

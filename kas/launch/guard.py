@@ -793,8 +793,8 @@ def main(args: list[str]) -> int:
         run.report(f"pid {opts['adopt']}")
     else:
         guard.subreaper = guard.kernel.prctl(PR_SET_CHILD_SUBREAPER, 1)
-        if guard.rules.autogroup and os.getsid(0) == os.getpid():
-            guard._autogroup(os.getpid(), os.getpid(), guard.rules.autogroup)  # before the agent runs
+        if guard.rules.autogroup:  # the agent's session (a new one, a pane's, a terminal's), before it runs
+            guard._autogroup(os.getpid(), os.getsid(0), guard.rules.autogroup)
         if guard.rules.oom is not None:
             guard._oom(os.getpid(), guard.rules.oom)
         if not run.start(opts["argv"], opts["terminal"], opts["log"]):
