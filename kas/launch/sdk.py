@@ -23,11 +23,20 @@ from kas.errors import KasError, LaunchError
 from kas.launch.base import LaunchSpec, Poll, SpawnOutcome
 from kas.launch.groups import STOP_SIGNALS, exit_code, signal_group, stop_group
 from kas.launch.session import lower_group
-from kas.launch.tree import GuardRef, guarded, signal_tree, stop_tree
+from kas.launch.tree import (
+    GuardRef,
+    guard_prefix,
+    guarded,
+    read_report,
+    signal_tree,
+    stop_tree,
+    write_rules,
+)
 from kas.logwriter import pump
 
 if TYPE_CHECKING:
     from kas.launch.prepare import Prepared
+    from kas.launch.zygote import Zygote
     from kas.registry import Instance, Registry
 
 
@@ -131,15 +140,22 @@ class SdkHandle:
         create_time: float | None = None,
         proc: subprocess.Popen[bytes] | None = None,
         guard: GuardRef | None = None,
+        zygote: Zygote | None = None,
     ) -> None:
         self.pid: int | None = pid
         self.target: str | None = None
         self.create_time = create_time
         self.proc = proc  # our child: the guard, or the agent itself where there is no guard
         self.guard = guard
+        self.zygote = zygote  # the guard's parent, where a zygote started it: it tells the guard's end
         self.pump: threading.Event | None = None  # set once its output is all in the log
 
     def wait(self) -> int | None:
+        if self.zygote is not None and self.guard is not None:
+            ended = self._outlived_guard(self.zygote.wait(self.guard.pid))
+            if self.pump is not None:
+                self.pump.wait(DRAIN)
+            return ended
         if self.proc is not None:
             status: int | None = exit_code(self.proc.wait())
             if self.guard is not None and self.pid:
@@ -167,6 +183,9 @@ class SdkHandle:
         return None
 
     def poll(self) -> Poll:
+        if self.zygote is not None and self.guard is not None:
+            ended = self.zygote.poll(self.guard.pid)
+            return Poll(ended is None, ended)
         if self.proc is not None:
             code = self.proc.poll()
             return Poll(code is None, None if code is None else exit_code(code))
@@ -177,7 +196,7 @@ class SdkHandle:
     def signal(self, sig: int) -> bool:
         """Our own child's group is signalled even after the leader ended (what it left behind); an
         agent found again by pid only while the kernel still shows that very process."""
-        if not self.pid or (self.proc is None and not self.poll().running):
+        if not self.pid or (self.proc is None and self.zygote is None and not self.poll().running):
             return False
         if self.guard is not None:
             return signal_tree(self.pid, self.guard, sig)
@@ -186,6 +205,8 @@ class SdkHandle:
     def stop(self, grace: float) -> int | None:
         if self.pid and self.poll().running:
             stop_tree(self.pid, self.guard, grace)
+        if self.zygote is not None:
+            return self.wait()
         if self.proc is not None:
             return exit_code(self.proc.wait())
         return None
@@ -201,8 +222,20 @@ class SdkLauncher:
     tools: tuple[str, ...] = ()
     always_detached = False
 
+    def __init__(self) -> None:
+        self._zygote: Zygote | None = None
+        self._no_zygote = False
+
     def start(self, spec: LaunchSpec) -> SdkHandle:
-        """Output goes through a pipe into the bounded log (see kas.logwriter), or nowhere."""
+        """Output goes through a pipe into the bounded log (see kas.logwriter), or nowhere.
+
+        An agent that need not die with this process (a wave's task) gets its guard from the zygote, a
+        fork instead of a new interpreter; the bench's agents, which must, start their own guards.
+        """
+        if spec.guard is not None and not spec.dies_with_caller:
+            factory = self._factory()
+            if factory is not None:
+                return self._start_forked(spec, factory)
         reader, writer = os.pipe() if spec.log else (-1, subprocess.DEVNULL)
         guard = guarded(spec.inst_id, spec.guard, spec.prepared.argv, die_with_parent=spec.dies_with_caller)
         try:
@@ -252,7 +285,52 @@ class SdkLauncher:
         return {}
 
     def release(self) -> None:
-        return None
+        """The zygote starts nothing more (and leaves once its guards have ended)."""
+        if self._zygote is not None:
+            self._zygote.close()
+            self._zygote = None
+
+    def _factory(self) -> Zygote | None:
+        from kas.launch import zygote
+
+        if self._zygote is None and not self._no_zygote and zygote.available():
+            try:
+                self._zygote = zygote.Zygote()
+            except OSError:
+                self._no_zygote = True  # guards then start as their own interpreters
+        return self._zygote
+
+    def _start_forked(self, spec: LaunchSpec, factory: Zygote) -> SdkHandle:
+        assert spec.guard is not None
+        rules_file = write_rules(spec.inst_id, spec.guard)
+        options = guard_prefix(rules_file, spec.guard)[4:]  # after the interpreter and the program
+        reader, writer = os.pipe() if spec.log else (-1, os.open(os.devnull, os.O_WRONLY))
+        report_r, report_w = os.pipe()
+        try:
+            guard_pid = factory.start(
+                options, spec.prepared.argv, spec.env, str(spec.cwd), (writer, writer, report_w)
+            )
+        except LaunchError:
+            for fd in (reader, report_r):
+                if fd >= 0:
+                    os.close(fd)
+            raise
+        finally:
+            os.close(writer)
+            os.close(report_w)
+        handle = SdkHandle(guard_pid, zygote=factory)
+        if spec.log:
+            handle.pump = pump(reader, spec.log)
+        from kas.probe import create_time
+
+        try:
+            agent = read_report(report_r)
+        except LaunchError:
+            factory.wait(guard_pid)
+            raise
+        handle.pid, handle.guard = agent, GuardRef(guard_pid, create_time(guard_pid))
+        handle.create_time = create_time(agent)
+        return handle
 
     def row_fields(self) -> dict[str, str | None]:
         return {}

@@ -1,0 +1,103 @@
+"""A wave runner's guard factory: one lean guard process, started once, that forks a guard per task.
+
+Starting a guard as a new interpreter costs about 18 ms, and a wave runner waits for each guard to name
+its agent before it reports the task started: a wave of short tasks would pay it at every promotion. A
+fork of a process that has already started costs about a millisecond. The zygote (``guard.py --zygote``)
+answers each request with the new guard's pid and later with its exit status, since the guard is its
+child, not the runner's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Mapping
+
+from kas.errors import LaunchError
+from kas.launch.tree import GUARD_PROGRAM
+
+ANSWER_TIMEOUT = 10.0
+
+
+class Zygote:
+    """The runner's end: start guards, wait for their ends."""
+
+    def __init__(self) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-I", "-S", str(GUARD_PROGRAM), "--zygote", str(theirs.fileno())],
+                pass_fds=(theirs.fileno(),),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        finally:
+            theirs.close()
+        self.sock = ours
+        self.lock = threading.Lock()  # one request at a time: answers come in the order asked
+        self.changed = threading.Condition()
+        self.answers: list[int] = []
+        self.exits: dict[int, int] = {}
+        self.closed = False
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        while True:
+            try:
+                message = self.sock.recv(256).decode()
+            except OSError:
+                message = ""
+            with self.changed:
+                if not message:
+                    self.closed = True
+                    self.changed.notify_all()
+                    return
+                kind, *numbers = message.split()
+                if kind == "guard":
+                    self.answers.append(int(numbers[0]))
+                elif kind == "exit":
+                    self.exits[int(numbers[0])] = int(numbers[1])
+                self.changed.notify_all()
+
+    def start(
+        self, options: list[str], argv: list[str], env: Mapping[str, str], cwd: str, fds: tuple[int, int, int]
+    ) -> int:
+        """Ask for a guard of ``argv``; its pid. ``fds``: the agent's stdout and stderr, the report pipe."""
+        request = json.dumps({"options": options, "argv": argv, "env": dict(env), "cwd": cwd}).encode()
+        with self.lock:
+            try:
+                socket.send_fds(self.sock, [request], list(fds))
+            except OSError as exc:
+                raise LaunchError(f"the guard factory is gone ({exc.strerror})") from None
+            with self.changed:
+                if not self.changed.wait_for(lambda: self.answers or self.closed, ANSWER_TIMEOUT):
+                    raise LaunchError("the guard factory did not answer")
+                if not self.answers:
+                    raise LaunchError("the guard factory ended")
+                return self.answers.pop(0)
+
+    def poll(self, pid: int) -> int | None:
+        with self.changed:
+            return self.exits.get(pid)
+
+    def wait(self, pid: int) -> int | None:
+        """The guard's exit status (128 + N for a signal); None if the zygote ended before telling."""
+        with self.changed:
+            self.changed.wait_for(lambda: pid in self.exits or self.closed)
+            return self.exits.pop(pid, None)
+
+    def close(self) -> None:
+        """Start nothing more; the zygote leaves once its guards have ended."""
+        with self.lock:
+            if not self.closed:
+                with contextlib.suppress(OSError):
+                    self.sock.shutdown(socket.SHUT_WR)
+
+
+def available() -> bool:
+    return hasattr(socket, "send_fds") and sys.platform.startswith("linux")
