@@ -14,6 +14,7 @@ import contextlib
 import mmap
 import os
 import random
+import shutil
 import statistics
 import time
 from collections.abc import Callable
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from kas.bench import Agents, running
+from kas.errors import LaunchError
 from kas.resolver import ResolvedProfile, resolve
 
 BLOCK = 4096
@@ -71,18 +73,25 @@ class Foreground:
     def __init__(self, directory: Path, prefix: str) -> None:
         self.write_path = directory / f"{prefix}-fg-write.bin"
         self.read_path = directory / f"{prefix}-fg-read.bin"
-        block = b"f" * (1 << 20)
-        with open(self.read_path, "wb") as out:
-            for _ in range(READ_FILE >> 20):
-                out.write(block)
-            out.flush()
-            os.fsync(out.fileno())
-        self.buf = mmap.mmap(-1, BLOCK)  # page-aligned, as O_DIRECT needs
+        self.direct = True
         try:
-            self.read_fd = os.open(self.read_path, os.O_RDONLY | os.O_DIRECT)
-        except OSError:
-            self.read_fd = os.open(self.read_path, os.O_RDONLY)
-        self.write_fd = os.open(self.write_path, os.O_WRONLY | os.O_CREAT, 0o600)
+            block = b"f" * (1 << 20)
+            with open(self.read_path, "wb") as out:
+                for _ in range(READ_FILE >> 20):
+                    out.write(block)
+                out.flush()
+                os.fsync(out.fileno())
+            self.buf = mmap.mmap(-1, BLOCK)  # page-aligned, as O_DIRECT needs
+            try:
+                self.read_fd = os.open(self.read_path, os.O_RDONLY | os.O_DIRECT)
+            except OSError:  # tmpfs and some others: the page cache answers, no disk is measured
+                self.direct = False
+                self.read_fd = os.open(self.read_path, os.O_RDONLY)
+            self.write_fd = os.open(self.write_path, os.O_WRONLY | os.O_CREAT, 0o600)
+        except BaseException:  # a full disk, Ctrl-C while the file is written: nothing stays behind
+            for path in (self.read_path, self.write_path):
+                path.unlink(missing_ok=True)
+            raise
 
     def measure(self, samples: int) -> tuple[list[float], list[float]]:
         writes, reads = [], []
@@ -141,7 +150,16 @@ def run_disk_bench(
 ) -> list[DiskResult]:
     """Every case in turn; the agents and every file the bench wrote are removed afterwards."""
     prefix = f"kas-disk-{os.getpid()}"
+    needed = READ_FILE + agents * (256 << 20)
+    free = shutil.disk_usage(directory).free
+    if free < needed * 1.1:
+        raise LaunchError(
+            f"{directory}: {free >> 20} MiB free, the disk bench needs about {needed >> 20} MiB; use --dir "
+            "elsewhere or fewer --agents"
+        )
     foreground = Foreground(directory, prefix)
+    if not foreground.direct:
+        warn(f"{directory}: no O_DIRECT here (tmpfs?): the page cache answers, so no disk is measured")
     results = []
     try:
         progress("no load")
@@ -155,6 +173,8 @@ def run_disk_bench(
                 before, began = _written(group), time.monotonic()
                 writes, reads = foreground.measure(samples)
                 rate = (_written(group) - before) / (time.monotonic() - began) / 1e6
+            if rate < 1:
+                warn(f"{label}: the agents wrote almost nothing ({rate:.1f} MB/s): is the disk full?")
             results.append(_result(label, agents, writes, reads, rate))
     finally:
         foreground.close()

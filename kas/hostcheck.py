@@ -160,13 +160,19 @@ def lever_findings(resolved: ResolvedProfile, available: list[int]) -> list[Find
     else:
         kept = sorted(set(available) - set(cpus))
         share = len(cpus) / len(available)
+        asked = s.reserve_cpus
+        capped = (
+            f"; {asked} asked, but agents always keep one CPU"
+            if isinstance(asked, int) and asked > len(kept)
+            else ""
+        )
         found.append(
             Finding(
                 "agent CPUs",
                 "info",
                 f"{len(cpus)} of {len(available)} (reserve_cpus = {s.reserve_cpus}): agents get at most "
                 f"{share:.0%} of the machine; CPU {', '.join(map(str, kept))} kept for the desktop, idle "
-                "when no game runs",
+                f"when no game runs{capped}",
             )
         )
     if s.sched_policy == "idle":

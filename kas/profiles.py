@@ -180,7 +180,7 @@ def parse_value(name: str, text: str) -> Value:
     """Turn a ``KEY=VALUE`` string (``--set``, completion) into a typed value, then validate it."""
     key = KEYS[name]
     value: Value = text
-    if key.kind == "int_or_auto" and text.strip().lower() == "auto":
+    if key.kind == "int_or_auto" and text == "auto":  # as TOML takes it: exactly "auto"
         value = "auto"
     elif key.kind in ("int", "int_or_auto"):
         try:

@@ -23,17 +23,60 @@ def stats_path(inst_id: str) -> Any:
     return rules_path(inst_id).with_name(f"{inst_id}.stats.json")
 
 
+FIELDS = ("cpu_percent", "rss", "read_bytes", "write_bytes", "read_bytes_per_s", "write_bytes_per_s",
+          "num_procs", "escaped_sessions")  # fmt: skip
+PROC_FIELDS = ("cpu_percent", "rss", "read_bytes", "write_bytes")
+MAX_BYTES = 1 << 20  # a figures file is a few KiB; anything bigger is not the guard's
+
+
 def read(inst: Instance) -> dict[str, Any] | None:
-    """The latest figures for a running agent, or None when there are none (yet)."""
-    if inst.guard_pid:
-        try:
-            data = json.loads(stats_path(inst.id).read_text())
-        except (OSError, ValueError):
+    """The latest figures for a running agent, or None when there are none (yet) or they cannot be
+    trusted: the file is the user's to damage, and a damaged one reads as a missing one."""
+    if not inst.guard_pid:
+        return _without_guard(inst)
+    data = _load(stats_path(inst.id))
+    if not isinstance(data, dict):
+        return None
+    at = _number(data.get("at"))
+    if at is None or not 0 <= time.time() - at <= STALE:
+        return None
+    figures: dict[str, Any] = {"at": at, **{k: _number(data.get(k)) for k in FIELDS}}
+    procs = data.get("procs")
+    figures["procs"] = {
+        str(pid): {k: _number(v.get(k)) for k in PROC_FIELDS}
+        for pid, v in (procs.items() if isinstance(procs, dict) else ())
+        if str(pid).isdigit() and isinstance(v, dict)
+    }
+    return figures
+
+
+def _load(path: Any) -> Any:
+    """JSON from a regular file of at most ``MAX_BYTES``, never blocking (a FIFO planted there)."""
+    import os
+    import stat
+
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
             return None
-        if not isinstance(data, dict) or time.time() - float(data.get("at", 0)) > STALE:
-            return None
-        return data
-    return _without_guard(inst)
+        raw = os.read(fd, MAX_BYTES + 1)
+        return None if len(raw) > MAX_BYTES else json.loads(raw)
+    except (OSError, ValueError):
+        return None
+    finally:
+        os.close(fd)
+
+
+def _number(value: Any) -> float | None:
+    """A finite, non-negative figure, or None."""
+    import math
+
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return value if math.isfinite(value) and 0 <= value < 1e18 else None
 
 
 def _without_guard(inst: Instance) -> dict[str, Any] | None:

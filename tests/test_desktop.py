@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 import psutil
@@ -348,3 +349,17 @@ def test_disk_bench_reports_every_case_and_leaves_no_file(kas, interactive, proj
         p.pid for p in psutil.process_iter(["cmdline"]) if str(project) in " ".join(p.info["cmdline"] or [])
     ]
     assert still_running(writers) == []  # and every writer
+
+
+def test_an_early_interrupted_disk_bench_leaves_no_file(kas, interactive, project: Path) -> None:
+    import signal as signals
+
+    bench = subprocess.Popen([KAS, "bench", "disk", "--agents", "1", "--samples", "10"], cwd=project,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    deadline = time.monotonic() + 10
+    while not list(project.glob("kas-disk-*-fg-read.bin")):  # interrupted while it writes its first file
+        assert time.monotonic() < deadline and bench.poll() is None
+        time.sleep(0.01)
+    bench.send_signal(signals.SIGTERM)
+    assert bench.wait(timeout=30) == 130
+    assert not list(project.glob("kas-disk-*"))

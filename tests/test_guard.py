@@ -463,3 +463,22 @@ def test_wave_tasks_get_their_guards_from_one_zygote(project: Path, tmp_path: Pa
     lines = [line.split(" ", 2) for line in record.read_text().splitlines()]
     assert len({guard for guard, _, _ in lines}) == 2 and len({zygote for _, zygote, _ in lines}) == 1
     assert all("guard.py --zygote" in cmdline for _, _, cmdline in lines)
+
+
+def test_a_tmux_agent_that_ignores_the_hangup_ends_with_its_window(tmux_socket: str, cleanup) -> None:
+    row = cli_json("spawn", "--mode", "tmux", "--json", "--", "sh", "-c", "trap '' HUP; sleep 600")
+    tree = [row["pid"], *(p.pid for p in psutil.Process(row["pid"]).children(recursive=True))]
+    cleanup += tree
+    subprocess.run(["tmux", "-L", tmux_socket, "kill-pane", "-t", row["tmux_target"]], check=True)
+    assert still_running(tree, timeout=10) == []  # SIGHUP, then SIGTERM, then SIGKILL: 2 s apart
+    assert cli_json("instance", "show", "--json", row["id"])["status"] != "running"
+
+
+def test_a_killed_pane_runner_takes_its_agent_along(tmux_socket: str, cleanup) -> None:
+    row = cli_json("spawn", "--mode", "tmux", "--json", "--", "sh", "-c", "trap '' HUP; sleep 600")
+    guard = psutil.Process(row["guard_pid"])
+    runner = guard.ppid()
+    tree = [row["pid"], *(p.pid for p in psutil.Process(row["pid"]).children(recursive=True))]
+    cleanup += tree
+    os.kill(runner, signal.SIGKILL)
+    assert still_running(tree, timeout=10) == []  # the guard dies with its runner and kills the tree

@@ -89,3 +89,43 @@ def test_list_watch_redraws_until_interrupted(project: Path) -> None:
     assert json.loads(lines.next()) == [] and json.loads(lines.next()) == []  # one JSON list per redraw
     watch.send_signal(signal.SIGINT)
     assert watch.wait(timeout=10) == 0
+
+
+@pytest.mark.parametrize(
+    "content",
+    ['{"at": "abc"}', '{"at": null}', '{"at": NOW, "cpu_percent": "x", "rss": NaN}', '{"at": NaN}',
+     '{"at": NOW, "read_bytes_per_s": 1e300, "procs": [1, 2]}', '{"at": NOW, "procs": {"1": {"cpu_percent": "z"}}}',
+     "[1, 2]", "{"],
+)  # fmt: skip
+def test_a_damaged_figures_file_reads_as_a_missing_one(project: Path, tmp_path: Path, content: str) -> None:
+    import os
+    import signal
+
+    row = cli_json("spawn", "--detach", "--json", "--", "sleep", "60")
+    try:
+        os.kill(row["guard_pid"], signal.SIGSTOP)  # it would write its own figures over ours
+        stats = Path(os.environ["KAS_STATE_DIR"]) / "guards" / f"{row['id']}.stats.json"
+        stats.write_text(content.replace("NOW", str(time.time())))
+        [listed] = cli_json("instance", "list", "--json")
+        figures = listed["telemetry"] or {}
+        assert all(
+            v is None or (isinstance(v, (int, float)) and 0 <= v < 1e18)
+            for k, v in figures.items()
+            if k != "procs"
+        )
+        for args in (
+            ["instance", "list"],
+            ["instance", "show", row["id"]],
+            ["instance", "show", "--json", row["id"]],
+        ):
+            result = CliRunner().invoke(main, args)
+            assert result.exit_code == 0 and result.exception is None, result.output
+    finally:
+        os.kill(row["guard_pid"], signal.SIGCONT)
+        CliRunner().invoke(main, ["instance", "stop", row["id"]])
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "1e308", "0"])
+def test_list_watch_refuses_what_is_not_a_pause(value: str) -> None:
+    result = CliRunner().invoke(main, ["instance", "list", "--watch", value])
+    assert result.exit_code == 2 and "--watch" in result.output

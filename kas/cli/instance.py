@@ -10,7 +10,7 @@ import click
 from kas.cli.app import App
 from kas.cli.complete import instance_ids
 from kas.cli.options import Seconds, grace_option, json_option
-from kas.cli.output import safe
+from kas.cli.output import safe, visible_width
 from kas.cli.selection import ALL_OPTION, find_instance, open_registry, select_instances
 from kas.errors import KasError
 
@@ -47,7 +47,7 @@ DROP_ORDER = ("COMMAND", "MODE", "PROFILE", "AGE", "AG", "IO", "READ/s", "WRITE/
 @click.option("--all", "show_all", is_flag=True, help="Include finished instances.")
 @click.option(
     "--watch",
-    type=click.FloatRange(min=0.2),
+    type=Seconds(min=0.2, max=86400),
     is_flag=False,
     flag_value=2.0,
     metavar="[SECONDS]",
@@ -147,7 +147,7 @@ def fit(
     keep = list(range(len(headers)))
 
     def needed() -> int:  # as render_table lays it out: two wider than a header, two spaces apart
-        widths = [max(len(headers[i]) + 2, *(len(str(r[i])) for r in rows)) for i in keep]
+        widths = [max(len(headers[i]) + 2, *(visible_width(str(r[i])) for r in rows)) for i in keep]
         return sum(widths) + 2 * (len(widths) - 1)
 
     for name in drop:
@@ -242,8 +242,9 @@ def show(app: App, inst_id: str, as_json: bool) -> None:
         )
 
 
-def _cpu(figures: dict[str, float] | None) -> str:
-    return "-" if not figures else f"{figures.get('cpu_percent', 0):.0f}"
+def _cpu(figures: dict[str, float | None] | None) -> str:
+    cpu = (figures or {}).get("cpu_percent")
+    return "-" if cpu is None else f"{cpu:.0f}"
 
 
 def _when(stamp: float | None) -> str:

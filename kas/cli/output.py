@@ -20,7 +20,10 @@ from typing import Any, NoReturn
 
 import click
 
-_CONTROL = r"[\x00-\x08\x0a-\x1f\x7f-\x9f]"  # all but tab: a newline in a name could fake a table row
+# All but tab: a newline in a name could fake a table row. Also the invisible format characters that
+# reorder or hide what follows (U+200B-U+200F, U+202A-U+202E bidi overrides, U+2066-U+2069, U+2028/9
+# line and paragraph separators, U+FEFF).
+_CONTROL = r"[\x00-\x08\x0a-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff]"
 COLOURS = {
     "ok": "green",
     "warn": "yellow",
@@ -190,8 +193,12 @@ def _text(cell: Any) -> str:
     return safe(cell) if isinstance(cell, str) else str(cell)
 
 
-def _visible(text: str) -> int:
+def visible_width(text: str) -> int:
+    """How many columns ``text`` takes on a terminal: escape sequences kas wrote take none."""
     return len(_ANSI.sub("", text)) if "\x1b" in text else len(text)
+
+
+_visible = visible_width
 
 
 def _isatty(stream: Any) -> bool:

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from typing import Any
 
 DRAIN = 1.0  # seconds to let the log catch up once the agent has ended
+HANGUP_GRACE = 2.0  # after its window closed, seconds an agent gets per step (SIGTERM, then SIGKILL)
 
 
 def kas_root() -> None:
@@ -88,6 +89,15 @@ def copy_output(fifo: str, log: str) -> threading.Event:
 
     threading.Thread(target=run, daemon=True).start()
     return done
+
+
+def wait_for(proc: subprocess.Popen[bytes], seconds: float) -> bool:
+    """True if ``proc`` ended within ``seconds`` (polled: the main thread is the one that reaps it)."""
+    try:
+        proc.wait(seconds)
+        return True
+    except subprocess.TimeoutExpired:
+        return False
 
 
 def read_report(fd: int) -> str:
@@ -159,11 +169,16 @@ def run(spec_file: str) -> int:
         env.pop(name, None)
         if name in os.environ:
             env[name] = os.environ[name]
+    if not os.path.isdir(spec["cwd"]):
+        say(spec, {"error": f"the working directory {spec['cwd']} is gone"})
+        return 127
     guard = spec.get("guard_command")
     report_r, report_w = os.pipe() if guard else (-1, -1)
     argv = spec["argv"]
     if guard:
-        argv = [*guard, *(["--terminal"] if terminal else []), "--report-fd", str(report_w), "--", *argv]
+        # --die-with-parent: a killed runner (its window closed under it) takes the agent's tree along.
+        extra = ["--terminal"] if terminal else []
+        argv = [*guard, *extra, "--die-with-parent", "--report-fd", str(report_w), "--", *argv]
     placement: dict[str, Any] = {"preexec_fn": take_terminal(0)} if terminal else {"start_new_session": True}
     try:
         proc = subprocess.Popen(
@@ -193,6 +208,18 @@ def run(spec_file: str) -> int:
                 os.killpg(proc.pid, signum)
         except OSError:
             pass
+        if signum == signal.SIGHUP:  # the window is gone: an agent that ignores the hangup is ended
+            threading.Thread(target=escalate, daemon=True).start()
+
+    def escalate() -> None:
+        for sig, pause in ((signal.SIGTERM, HANGUP_GRACE), (signal.SIGKILL, HANGUP_GRACE)):
+            if wait_for(proc, pause):
+                return
+            with contextlib.suppress(OSError):
+                if guard:
+                    os.kill(proc.pid, signal.SIGUSR2 if sig == signal.SIGKILL else sig)
+                else:
+                    os.killpg(proc.pid, sig)
 
     for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, forward)

@@ -238,8 +238,15 @@ class TmuxHandle:
         except NoAnswer:
             return Poll(True, answered=False)
         if info is None or info.dead:
+            if self._agent_alive():  # its window is gone but the agent is not: it is still kas's to stop
+                return Poll(True)
             return Poll(False, read_status(self.inst_id) if info is None else info.exit_status)
         return Poll(True)
+
+    def _agent_alive(self) -> bool:
+        from kas.probe import is_alive
+
+        return bool(self.pid) and is_alive(self.pid, self.create_time)
 
     def signal(self, sig: int) -> bool:
         from kas.probe import is_alive
