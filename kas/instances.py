@@ -126,6 +126,32 @@ def refresh(registry: Registry, inst: Instance, *, probe_tree: bool | Literal["r
     return LiveView(inst, ORPHANED if orphaned else RUNNING, procs)
 
 
+def listing(registry: Registry, *, show_all: bool = False) -> list[LiveView]:
+    """What ``kas instance list`` shows and ``GET /api/v1/instances`` returns: each agent's live state,
+    the priority of its root process, and what its tree costs (from its guard's figures)."""
+    from kas import telemetry
+
+    views = [
+        refresh(registry, inst, probe_tree="root") for inst in registry.instances(include_finished=show_all)
+    ]
+    if not show_all:
+        views = [v for v in views if v.status not in FINISHED]
+    for view in views:
+        if view.status not in FINISHED and view.status != PENDING:
+            view.telemetry = telemetry.read(view.inst)
+    return views
+
+
+def showing(registry: Registry, inst: Instance) -> LiveView:
+    """What ``kas instance show`` and ``GET /api/v1/instances/ID`` return: the whole tree and its cost."""
+    from kas import telemetry
+
+    view = refresh(registry, inst)
+    if view.procs:
+        view.telemetry = telemetry.read(view.inst)
+    return view
+
+
 def settle(registry: Registry, inst: Instance, status: int | None) -> LiveView:
     """Record the end of an instance whose process is gone: exited with a status, or lost."""
     inst.exit_status = status

@@ -86,22 +86,13 @@ def _list_once(app: App, out: Output, show_all: bool, *, json_line: bool = False
     import shutil
 
     from kas import telemetry
-    from kas.instances import refresh
-    from kas.status import FINISHED
+    from kas.instances import listing
 
     registry = open_registry(app)
     try:
-        views = [
-            refresh(registry, inst, probe_tree="root")
-            for inst in registry.instances(include_finished=show_all)
-        ]
+        views = listing(registry, show_all=show_all)
     finally:
         registry.close()
-    if not show_all:
-        views = [v for v in views if v.status not in FINISHED]
-    for v in views:
-        if v.status not in FINISHED and v.status != "pending":
-            v.telemetry = telemetry.read(v.inst)
     if out.as_json:
         if json_line:
             out.json_line([v.to_json() for v in views])
@@ -167,16 +158,14 @@ def show(app: App, inst_id: str, as_json: bool) -> None:
 
     from kas import telemetry
     from kas.cli.profile import shown
-    from kas.instances import refresh
+    from kas.instances import showing
 
     out = app.output(as_json)
     registry = open_registry(app)
     try:
-        view = refresh(registry, find_instance(registry, inst_id))
+        view = showing(registry, find_instance(registry, inst_id))
     finally:
         registry.close()
-    if view.procs:
-        view.telemetry = telemetry.read(view.inst)
     if as_json:
         out.json(view.to_json())
         return
