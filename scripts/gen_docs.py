@@ -95,6 +95,9 @@ FILES = {
         "tmux agents' launch specs and exit statuses, written for kas by the small runner in each "
         "agent's tmux pane."
     ),
+    f"{STATE}/serve-token": (
+        r"The token of \fBkas serve\fP (mode 0600), made once; \fBkas serve \-\-print\-token\fP prints it."
+    ),
     f"{STATE}/guards/": (
         r"Each running agent's guard: the rules it keeps on the agent's tree (\fIID\fP.json, rewritten by "
         r"\fBkas profile apply\fP) and the figures of what the tree costs (\fIID\fP.stats.json, which "
@@ -119,6 +122,7 @@ PAGE_SECTIONS: dict[str, tuple[list[str], list[str]]] = {
     "kas-check.1": (["KASMOS_CONFIG", *STATE_VARS], [CONFIG, *STATE_FILES, GUARDS]),
     "kas-bench-responsiveness.1": (["KASMOS_CONFIG", "KAS_TMUX_SOCKET"], [CONFIG]),
     "kas-bench-disk.1": (["KASMOS_CONFIG", "KAS_TMUX_SOCKET"], [CONFIG]),
+    "kas-serve.1": (["KASMOS_CONFIG", *STATE_VARS], [CONFIG, *STATE_FILES, GUARDS, f"{STATE}/serve-token"]),
     "kas-profile-apply.1": (["KASMOS_CONFIG", *STATE_VARS], [CONFIG, *STATE_FILES, GUARDS]),
     "kas-instance-adopt.1": (["KASMOS_CONFIG", *STATE_VARS], [CONFIG, *STATE_FILES, GUARDS]),
     **{

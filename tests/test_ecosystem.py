@@ -380,7 +380,7 @@ def test_completes_toml_plan_files(kas, project: Path) -> None:
     assert complete(kas, "kas wave run plans/") == ["plans/big.toml"]
 
 
-HEAVY = ("psutil", "tabulate")
+HEAVY = ("psutil", "tabulate", "starlette", "uvicorn")
 PROBE = """
 import json, os, sys
 from kas.cli import main

@@ -17,9 +17,13 @@ COMMANDS = {
     ),
     "instance": (
         "kas.cli.instance:instance",
-        "List, inspect, read, pause, stop and prune the agents kas started.",
+        "List, inspect, read, pause, resume, stop, adopt and prune agents.",
     ),
-    "profile": ("kas.cli.profile:profile", "Show the configured resource profile and the presets."),
+    "profile": (
+        "kas.cli.profile:profile",
+        "Show the configured profile and the presets, and switch running agents to another.",
+    ),
+    "serve": ("kas.cli.serve:serve", "Serve the local API and the admin page (token-protected, loopback)."),
     "spawn": ("kas.cli.spawn:spawn", "Start CMD as an agent at the profile's CPU and I/O priority."),
     "wave": ("kas.cli.wave:wave", "Run waves of agent tasks with at most max_parallel_wave_tasks at once."),
 }
