@@ -228,3 +228,22 @@ def test_the_admin_page_switches_a_profile_in_a_real_browser(
         wait.until(lambda b: not b.find_elements("css selector", f'[data-id="{row["id"]}"]'))
     finally:
         browser.quit()
+
+
+def test_the_event_stream_tells_of_an_end_and_a_switch(server: Server, project: Path) -> None:
+    row = spawn(project, "sleep", "60")
+    request = urllib.request.Request(
+        server.base + "/api/v1/events", headers={"Authorization": f"Bearer {server.token}"}
+    )
+    with urllib.request.urlopen(request, timeout=15) as stream:
+        stream.readline()
+        stream.readline()
+        call(server, "POST", "/api/v1/profile/apply", body={"profile": "normal", "ids": [row["id"]]})
+        call(server, "POST", f"/api/v1/instances/{row['id']}/stop")
+        kinds: list[str] = []
+        deadline = time.monotonic() + 10
+        while not {"profile_applied", "finished"} <= set(kinds):
+            assert time.monotonic() < deadline, kinds
+            line = stream.readline().decode()
+            if line.startswith("event: "):
+                kinds.append(line.split()[1])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -19,7 +20,7 @@ from kas.errors import KasError
 from kas.registry import Registry
 
 ADMIN = Path(__file__).with_name("admin")
-TICK = 1.0  # seconds between two looks for the event stream: an event reaches a page within one
+TICK = 0.5  # seconds between two looks for the event stream: an event reaches a page within one
 
 
 def error(status: int, message: str) -> JSONResponse:
@@ -164,26 +165,36 @@ async def profile(request: Request) -> Response:
 
 
 def snapshot(registry: Registry) -> dict[str, dict[str, Any]]:
-    """What the event stream compares from one look to the next."""
+    """The agents that have not finished, as the event stream compares them from one look to the next
+    (finished rows are not read at every look: with a thousand of them that would be most of the work)."""
     from kas.instances import listing
 
+    return {v.inst.id: _row(v) for v in listing(registry)}
+
+
+def _row(view: Any) -> dict[str, Any]:
     return {
-        v.inst.id: {
-            "id": v.inst.id,
-            "name": v.inst.name,
-            "status": v.status,
-            "resource_profile": v.inst.resource_profile,
-            "applied_at": v.inst.applied_at,
-            "telemetry": v.telemetry,
-        }
-        for v in listing(registry, show_all=True)
+        "id": view.inst.id,
+        "name": view.inst.name,
+        "status": view.status,
+        "exit_status": view.inst.exit_status,
+        "resource_profile": view.inst.resource_profile,
+        "applied_at": view.inst.applied_at,
+        "telemetry": view.telemetry,
     }
 
 
+def ended(registry: Registry, ids: list[str]) -> list[dict[str, Any]]:
+    """How the agents that left the running list ended."""
+    from kas.instances import LiveView
+
+    rows = [registry.get(i) for i in ids]
+    return [_row(LiveView(r, r.status)) for r in rows if r is not None]
+
+
 async def events(request: Request) -> Response:
-    """Server-Sent Events: ``started``, ``finished``, ``profile_applied`` as they happen, and a
-    ``telemetry`` tick with every running agent's figures once a second."""
-    from kas.status import FINISHED
+    """Server-Sent Events: ``started``, ``finished``, ``profile_applied`` as they happen (within one look,
+    ``TICK``), and a ``telemetry`` tick with every running agent's figures at each look."""
 
     async def stream() -> AsyncIterator[str]:
         before = await in_thread(snapshot)
@@ -196,18 +207,16 @@ async def events(request: Request) -> Response:
             now = await in_thread(snapshot)
             for inst_id, row in now.items():
                 old = before.get(inst_id)
-                if (
-                    row["status"] not in FINISHED
-                    and (old is None or old["status"] in ("pending", "starting"))
-                    and row["status"] not in ("pending", "starting")
+                if row["status"] not in ("pending", "starting") and (
+                    old is None or old["status"] in ("pending", "starting")
                 ):
                     yield _event("started", row)
-                if row["status"] in FINISHED and old is not None and old["status"] not in FINISHED:
-                    yield _event("finished", row)
                 if old is not None and row["applied_at"] != old["applied_at"]:
                     yield _event("profile_applied", row)
-            running = [r for r in now.values() if r["status"] not in FINISHED]
-            yield _event("telemetry", {"instances": running})
+            gone = [i for i in before if i not in now]
+            for row in await in_thread(functools.partial(ended, ids=gone)) if gone else []:
+                yield _event("finished", row)
+            yield _event("telemetry", {"instances": list(now.values())})
             before = now
 
     return StreamingResponse(stream(), media_type="text/event-stream", headers={"cache-control": "no-store"})
