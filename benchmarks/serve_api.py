@@ -95,8 +95,8 @@ def main() -> None:
         stream.close()
         seen = [lag for lag, _ in lags]
         median, worst = statistics.median(seen) * 1000, max(seen) * 1000
-        print(f"with {live_for_events}+ agents running, a start reaches an event client: {median:.0f} ms, "
-              f"max {worst:.0f} ms (median) after kas spawn returned")  # fmt: skip
+        print(f"with {live_for_events}+ agents running, a start reaches an event client after kas spawn "
+              f"returned: median {median:.0f} ms, max {worst:.0f} ms")  # fmt: skip
     finally:
         subprocess.run(
             [KAS, "instance", "stop", "--grace", "1", *ids], cwd=project, env=env, capture_output=True

@@ -206,13 +206,20 @@ def test_the_admin_page_switches_a_profile_in_a_real_browser(
 ) -> None:
     from selenium.webdriver.support.ui import Select, WebDriverWait
 
-    row = spawn(project, "sleep", "120")
+    row, other = spawn(project, "sleep", "120"), spawn(project, "sleep", "120")
     browser = chrome()
     try:
         browser.get(f"{server.base}/admin/?token={server.token}")
         wait = WebDriverWait(browser, 15)
         card = wait.until(lambda b: b.find_element("css selector", f'[data-id="{row["id"]}"]'))
         assert browser.current_url == f"{server.base}/admin/"  # the token left the address bar
+        badges = wait.until(
+            lambda b: [
+                c.find_element("css selector", ".badge").text
+                for c in b.find_elements("css selector", ".card")
+            ]
+        )
+        assert badges == ["interactive", "interactive"]  # a card per agent, each with its profile
         badge = card.find_element("css selector", ".badge")
         wait.until(lambda _: badge.text == "interactive")
         Select(card.find_element("css selector", ".profile")).select_by_visible_text("normal")
@@ -225,7 +232,13 @@ def test_the_admin_page_switches_a_profile_in_a_real_browser(
         wait.until(lambda _: badge.text == "interactive")
         browser.save_screenshot(str(tmp_path / "admin.png"))
         card.find_element("css selector", ".stop").click()
-        wait.until(lambda b: not b.find_elements("css selector", f'[data-id="{row["id"]}"]'))
+        wait.until(
+            lambda b: not b.find_elements("css selector", f'[data-id="{row["id"]}"]')
+        )  # gone from "running"
+        assert browser.find_elements("css selector", f'[data-id="{other["id"]}"]')
+        browser.find_element("id", "all").click()  # the filter: finished ones too
+        stopped = wait.until(lambda b: b.find_element("css selector", f'[data-id="{row["id"]}"]'))
+        wait.until(lambda _: stopped.find_element("css selector", ".status").text.startswith("stopped"))
     finally:
         browser.quit()
 
