@@ -150,6 +150,9 @@ def test_the_event_stream_tells_of_a_start_within_a_second(server: Server, proje
 )  # fmt: skip
 def test_what_the_server_refuses(server: Server, project: Path, case: str) -> None:
     host = {"Host": f"evil.example:{server.port}"}
+    session = (
+        call(server, "GET", f"/admin/?token={server.token}", token=None).headers["set-cookie"].split(";")[0]
+    )
     expected: dict[str, tuple[int, Reply]] = {
         "no token": (401, call(server, "GET", "/api/v1/instances", token=None)),
         "wrong token": (401, call(server, "GET", "/api/v1/instances", token="x" * 43)),
@@ -158,7 +161,7 @@ def test_what_the_server_refuses(server: Server, project: Path, case: str) -> No
                                         headers={"Origin": "http://evil.example"})),
         "cookie post without origin": (403, call(server, "POST", "/api/v1/profile/apply", token=None,
                                                  body={"profile": "normal", "all": True},
-                                                 headers={"Cookie": f"kas_token={server.token}"})),
+                                                 headers={"Cookie": session})),
         "unknown id": (404, call(server, "GET", "/api/v1/instances/nosuch")),
         "bad json": (400, call(server, "POST", "/api/v1/profile/apply", body=b"{not json")),
         "bad profile": (400, call(server, "POST", "/api/v1/profile/apply", body={"profile": "turbo", "all": True})),
@@ -174,10 +177,44 @@ def test_the_login_url_swaps_the_token_for_a_strict_cookie(server: Server) -> No
     login = call(server, "GET", f"/admin/?token={server.token}", token=None)
     assert login.status == 303 and login.headers["location"] == "/admin/"
     cookie = login.headers["set-cookie"]
-    assert f"kas_token={server.token}" in cookie and "HttpOnly" in cookie and "SameSite=Strict" in cookie
+    # A session of this server's (named after its port), never the token itself.
+    assert cookie.startswith(f"kas_token_{server.port}=") and server.token not in cookie
+    assert "HttpOnly" in cookie and "SameSite=Strict" in cookie
     page = call(server, "GET", "/admin/", token=None, headers={"Cookie": cookie.split(";")[0]})
     assert page.status == 200 and b"kas agents" in page.body
+    assert page.headers["x-frame-options"] == "DENY"  # no framing from another local page
     assert call(server, "GET", "/admin/", token=None).status == 401
+    assert (
+        call(
+            server,
+            "GET",
+            "/admin/",
+            token=None,
+            headers={"Cookie": f"kas_token_{server.port}={server.token}"},
+        ).status
+        == 401
+    )
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{"Authorization": "Bearer \xffabc"}, {"Cookie": 'kas_token_1="\xe9"'}, {"Authorization": "TOKEN-without-bearer"}],
+)  # fmt: skip
+def test_odd_credentials_are_refused_not_crashed_on(server: Server, headers: dict[str, str]) -> None:
+    request = urllib.request.Request(server.base + "/api/v1/instances")
+    for name, value in headers.items():
+        request.add_unredirected_header(name, value.replace("TOKEN", server.token))
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=10)
+    assert refused.value.code == 401
+
+
+def test_a_nested_body_and_an_ambiguous_name_are_4xx(server: Server, project: Path) -> None:
+    assert call(server, "POST", "/api/v1/profile/apply", body=b"[" * 100_000).status == 400
+    spawn(project, "sleep", "60")
+    spawn(project, "sleep", "60")
+    ambiguous = call(server, "GET", "/api/v1/instances/sleep")
+    assert ambiguous.status == 409 and "matches several instances" in ambiguous.json()["error"]
 
 
 def test_print_systemd_unit_runs_kas_serve(project: Path) -> None:

@@ -46,17 +46,29 @@ def serve(
 
     out = app.out
     if print_systemd_unit:
+        import os
+        import shlex
+
         from kas.server.app import UNIT
 
-        command = shutil.which("kas") or f"{sys.executable} -m kas"
-        out.line(UNIT.format(command=command, host=host, port=port or 7433).rstrip("\n"))
+        program = [shutil.which("kas") or sys.executable, *([] if shutil.which("kas") else ["-m", "kas"])]
+        argv = [*program, "serve", "--host", host, "--port", str(port or 7433)]
+        argv += [a for name in allowed for a in ("--allow-host", name)]
+        # The service must find the same state (token, registry) as the shell that wrote the unit.
+        kept = [v for v in ("KAS_STATE_DIR", "XDG_STATE_HOME", "KASMOS_CONFIG") if os.environ.get(v)]
+        environment = "".join(f'Environment="{v}={os.environ[v]}"\n' for v in kept)
+        unit = UNIT.format(environment=environment, command=shlex.join(argv))
+        out.line(unit.rstrip("\n"))
         return
     token = load_token()
     if print_token:
         out.line(token)
         return
     if not _loopback(host):
-        out.warn(f"listening on {host}: anyone who can reach it and has the token controls your agents")
+        out.warn(
+            f"listening on {host}: anyone who can reach it and has the token controls your agents; "
+            "clients must name this machine as it is in --allow-host"
+        )
     try:
         import uvicorn  # noqa: F401
         from starlette.applications import Starlette  # noqa: F401
@@ -82,7 +94,7 @@ def serve(
     names = {host.strip("[]"), shown, *allowed}
     # uvicorn shuts down cleanly, then passes the signal on: a stop, not an error.
     with contextlib.suppress(KeyboardInterrupt):
-        run(build(token, names, lambda: app.config, Path.cwd()), sock)
+        run(build(token, names, lambda: app.config, Path.cwd(), bound), sock)
     out.line("kas serve: stopped", err=True)
 
 

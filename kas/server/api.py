@@ -41,10 +41,16 @@ async def in_thread(action: Callable[[Registry], Any]) -> Any:
 
 
 def _find(registry: Registry, inst_id: str) -> Any:
+    """Exactly this id: the API does not match names or prefixes, as a person at a prompt may."""
     inst = registry.get(inst_id)
-    if inst is None:
+    if inst is None or inst.id != inst_id:
         raise LookupError(inst_id)
     return inst
+
+
+MAX_BODY = 1 << 20
+MAX_IDS = 10_000
+LOG_BYTES = 4 << 20  # the most of a log one request returns (its last lines)
 
 
 async def instances(request: Request) -> Response:
@@ -62,6 +68,8 @@ async def instance(request: Request) -> Response:
         view = await in_thread(lambda r: showing(r, _find(r, request.path_params["inst_id"])))
     except LookupError:
         return error(404, f"no instance {request.path_params['inst_id']!r}")
+    except KasError as exc:
+        return error(409, str(exc))
     return JSONResponse(view.to_json())
 
 
@@ -78,12 +86,19 @@ async def log(request: Request) -> Response:
         inst = await in_thread(lambda r: _find(r, request.path_params["inst_id"]))
     except LookupError:
         return error(404, f"no instance {request.path_params['inst_id']!r}")
+    except KasError as exc:
+        return error(409, str(exc))
     if not inst.log_path or not Path(inst.log_path).is_file():
         return error(404, f"instance {inst.id} has no log")
-    path = Path(inst.log_path)
-    with path.open("rb") as source:
-        source.seek(tail_from_line(path, tail))
-        return PlainTextResponse(source.read().decode(errors="replace"))
+
+    def read(path: Path) -> str:
+        with path.open("rb") as source:
+            start = tail_from_line(path, tail)
+            end = source.seek(0, 2)
+            source.seek(max(start, end - LOG_BYTES))
+            return source.read(LOG_BYTES).decode(errors="replace")
+
+    return PlainTextResponse(await asyncio.to_thread(read, Path(inst.log_path)))
 
 
 async def stop(request: Request) -> Response:
@@ -96,6 +111,9 @@ async def stop(request: Request) -> Response:
         view = await in_thread(act)
     except LookupError:
         return error(404, f"no instance {request.path_params['inst_id']!r}")
+    except KasError as exc:
+        return error(409, str(exc))
+    request.app.state.changed.set()
     return JSONResponse({"id": view.inst.id, "status": view.status, "exit_status": view.inst.exit_status})
 
 
@@ -103,23 +121,28 @@ async def apply(request: Request) -> Response:
     from kas.apply import apply_profile
     from kas.profiles import PROFILES
 
+    raw = await request.body()
+    if len(raw) > MAX_BODY:
+        return error(413, f"the body is over {MAX_BODY} bytes")
     try:
-        body = json.loads(await request.body())
-    except ValueError:
+        body = json.loads(raw)
+    except (ValueError, RecursionError):
         return error(400, "the body is not JSON")
     if not isinstance(body, dict) or body.get("profile") not in PROFILES:
         return error(400, f'give {{"profile": one of {", ".join(PROFILES)}, "ids": [...] or "all": true}}')
     ids, every = body.get("ids"), body.get("all") is True
-    if every == bool(ids) or (
-        ids is not None and not (isinstance(ids, list) and all(isinstance(i, str) for i in ids))
-    ):
+    if ids is not None and not (isinstance(ids, list) and all(isinstance(i, str) for i in ids)):
+        return error(400, '"ids" must be a list of instance ids (strings)')
+    if every == bool(ids):
         return error(400, 'give "ids" (a list of instance ids) or "all": true, not both')
+    if ids and len(set(ids)) > MAX_IDS:
+        return error(400, f"at most {MAX_IDS} ids at once")
     try:
         resolved = request.app.state.config().resolve({"profile": body["profile"]})
     except KasError as exc:
         return error(400, str(exc))
 
-    wanted: list[str] = [str(i) for i in ids or []]
+    wanted: list[str] = list(dict.fromkeys(str(i) for i in ids or []))  # each once, in order
 
     def act(registry: Registry) -> Any:
         from kas.status import FINISHED
@@ -135,6 +158,8 @@ async def apply(request: Request) -> Response:
         done = await in_thread(act)
     except LookupError as exc:
         return error(404, f"no instance {exc.args[0]!r}")
+    except KasError as exc:
+        return error(409, str(exc))
     request.app.state.changed.set()
     return JSONResponse(done)
 
@@ -199,7 +224,8 @@ async def events(request: Request) -> Response:
     async def stream() -> AsyncIterator[str]:
         before = await in_thread(snapshot)
         yield ": kas events\n\n"
-        while not await request.is_disconnected():
+        exiting = request.app.state.exiting
+        while not exiting() and not await request.is_disconnected():
             changed = request.app.state.changed
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(changed.wait(), TICK)

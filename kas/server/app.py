@@ -11,7 +11,7 @@ from typing import Any
 from kas.config import Config
 
 
-def build(token: str, hosts: Iterable[str], config: Callable[[], Config], cwd: Path) -> Any:
+def build(token: str, hosts: Iterable[str], config: Callable[[], Config], cwd: Path, port: int = 0) -> Any:
     """The ASGI app: every route behind ``auth.Guard``; ``config`` gives the config that ``profile apply``
     resolves in (the directory kas serve runs in, as ``kas profile apply`` would)."""
     from starlette.applications import Starlette
@@ -23,7 +23,8 @@ def build(token: str, hosts: Iterable[str], config: Callable[[], Config], cwd: P
     app.state.config = config
     app.state.cwd = str(cwd)
     app.state.changed = asyncio.Event()  # set by the API when it changed something: events go out at once
-    return Guard(app, token, hosts)
+    app.state.exiting = lambda: False  # replaced by serve(): event streams end when the server does
+    return Guard(app, token, hosts, port)
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -44,15 +45,18 @@ def serve(app: Any, sock: socket.socket) -> None:
     config = uvicorn.Config(
         app, log_level="warning", lifespan="off", access_log=False, timeout_graceful_shutdown=2
     )
-    uvicorn.Server(config).run(sockets=[sock])
+    server = uvicorn.Server(config)
+    inner = getattr(app, "app", None)
+    if inner is not None:  # open event streams see the shutdown and end, so it is prompt and quiet
+        inner.state.exiting = lambda: server.should_exit
+    server.run(sockets=[sock])
 
 
 UNIT = """[Unit]
 Description=kas: the local API and admin page for coding agents at reduced priority
-After=default.target
 
 [Service]
-ExecStart={command} serve --host {host} --port {port}
+{environment}ExecStart={command}
 Restart=on-failure
 
 [Install]

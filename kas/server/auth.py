@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from http.cookies import SimpleCookie
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, quote
 
 from kas.statedir import private_dir, state_dir
 
@@ -60,64 +60,102 @@ def host_name(value: str) -> str:
     return value.rsplit(":", 1)[0] if value.count(":") == 1 else value
 
 
-class Guard:
-    """The ASGI middleware in front of every route."""
+def _same(offered: str, secret: str) -> bool:
+    """A constant-time comparison that any header can be put through (non-ASCII text included)."""
+    return hmac.compare_digest(offered.encode("utf-8", "surrogateescape"), secret.encode())
 
-    def __init__(self, app: ASGIApp, token: str, hosts: Iterable[str]) -> None:
+
+SAFE_HEADERS = [
+    (b"x-frame-options", b"DENY"),
+    (b"content-security-policy", b"frame-ancestors 'none'"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"x-content-type-options", b"nosniff"),
+]
+
+
+class Guard:
+    """The ASGI middleware in front of every route.
+
+    A browser that logged in holds a *session* cookie, not the token: a random id this server alone
+    knows, for as long as it runs, named after its port. Browsers do not keep cookies apart by port, so
+    another server on 127.0.0.1 may still be sent it; it dies with this server, and it never is the
+    token. No page of this server can be framed (clickjacking).
+    """
+
+    def __init__(self, app: ASGIApp, token: str, hosts: Iterable[str], port: int = 0) -> None:
         self.app = app
         self.token = token
         self.hosts = {h.lower() for h in (*LOOPBACK, *hosts)}
+        self.cookie = f"{COOKIE}_{port}"
+        self.sessions: set[str] = set()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+
+        async def guarded_send(message: MutableMapping[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), *SAFE_HEADERS]
+            await send(message)
+
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         host = headers.get("host", "")
         if host_name(host).lower() not in self.hosts:
-            await _json(send, 403, f"host {host!r} is not allowed (start kas serve with --allow-host NAME)")
-            return
-        bearer = headers.get("authorization", "").removeprefix("Bearer ").strip()
-        cookie = SimpleCookie(headers.get("cookie", "")).get(COOKIE)
-        by_header = bool(bearer) and hmac.compare_digest(bearer, self.token)
-        by_cookie = cookie is not None and hmac.compare_digest(cookie.value, self.token)
-        if not (by_header or by_cookie):
-            query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
-            offered = (query.get("token") or [""])[0]
-            if scope["path"].startswith("/admin") and offered and hmac.compare_digest(offered, self.token):
-                await _login(send, scope["path"], self.token)
-                return
             await _json(
-                send, 401, "a token is needed: use the URL kas serve printed, or Authorization: Bearer"
+                guarded_send, 403, f"host {host!r} is not allowed (start kas serve with --allow-host NAME)"
+            )
+            return
+        authorization = headers.get("authorization", "")
+        bearer = authorization[7:].strip() if authorization.startswith("Bearer ") else ""
+        cookie = SimpleCookie()
+        try:
+            cookie.load(headers.get("cookie", ""))
+        except Exception:  # a malformed Cookie header is no session
+            cookie = SimpleCookie()
+        session = cookie.get(self.cookie)
+        by_header = bool(bearer) and _same(bearer, self.token)
+        by_cookie = session is not None and any(_same(session.value, s) for s in self.sessions)
+        path = scope["path"]
+        query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+        offered = (query.get("token") or [""])[0]
+        if (path == "/admin" or path.startswith("/admin/")) and offered and _same(offered, self.token):
+            await self._login(guarded_send, scope)  # also with a session: the token leaves the address bar
+            return
+        if not (by_header or by_cookie):
+            await _json(
+                guarded_send, 401, "a token is needed: the URL kas serve printed, or Authorization: Bearer"
             )
             return
         if scope["method"] not in ("GET", "HEAD", "OPTIONS"):
             origin = headers.get("origin")
             if origin is None and not by_header:
-                await _json(send, 403, "a browser request that changes state must say its origin")
+                await _json(guarded_send, 403, "a browser request that changes state must say its origin")
                 return
             if origin is not None and origin.lower() != f"{scope.get('scheme', 'http')}://{host}".lower():
-                await _json(send, 403, f"cross-origin request from {origin!r} refused")
+                await _json(guarded_send, 403, f"cross-origin request from {origin!r} refused")
                 return
-        await self.app(scope, receive, send)
+        await self.app(scope, receive, guarded_send)
 
-
-async def _login(send: Send, path: str, token: str) -> None:
-    """Swap the token in the URL for an HttpOnly, SameSite=Strict cookie and go to the clean URL, so the
-    token stays out of the address bar, the history and any Referer."""
-    cookie = f"{COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/"
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 303,
-            "headers": [
-                (b"location", path.encode("latin-1")),
-                (b"set-cookie", cookie.encode("latin-1")),
-                (b"cache-control", b"no-store"),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": b""})
+    async def _login(self, send: Send, scope: Scope) -> None:
+        """Swap the token in the URL for a session cookie (HttpOnly, SameSite=Strict) and go to the same
+        path without the query, so the token stays out of the address bar, the history and any Referer."""
+        session = secrets.token_urlsafe(32)
+        self.sessions.add(session)
+        location = quote(scope.get("raw_path", b"").decode("latin-1") or scope["path"], safe="/%")
+        cookie = f"{self.cookie}={session}; HttpOnly; SameSite=Strict; Path=/"
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 303,
+                "headers": [
+                    (b"location", location.encode("latin-1")),
+                    (b"set-cookie", cookie.encode("latin-1")),
+                    (b"cache-control", b"no-store"),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": b""})
 
 
 async def _json(send: Send, status: int, message: str) -> None:
