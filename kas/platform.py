@@ -94,6 +94,10 @@ def set_autogroup_nice(pid: int, nice: int, patience: float = 3.0) -> str | None
     """
     global _last_autogroup_write
     target = PROC / str(pid) / "autogroup"
+    group = read_autogroup(pid)
+    if group is not None and group != ROOT_AUTOGROUP and group[1] == nice:
+        return None  # already there (the agent's guard lowered it first): a write would only spend the
+        # system-wide rate limit (one change per 100 ms for a normal user) that others are waiting for
     with _autogroup_lock:
         deadline = time.monotonic() + patience
         while True:
