@@ -64,7 +64,7 @@ class Targets:
         self.autogroup = autogroup_here(resolved)
         self.oom = (s.oom_score_adj or 0) if resolved.active else 0
         linux = host.system().startswith("linux")
-        everywhere = sorted(os.sched_getaffinity(0)) if linux else []
+        everywhere = host.cpus() if linux else []
         reserved = agent_cpus(s.reserve_cpus, everywhere) if resolved.active and linux else None
         self.cpus = reserved or everywhere  # both ways: a lighter profile gives the CPUs back
         self.policy = SCHED_POLICY.get(s.sched_policy, 0) if resolved.active else 0
@@ -103,13 +103,6 @@ def adopted(inst: Instance) -> bool:
         return False
 
 
-def _threads(pid: int) -> list[int]:
-    try:
-        return [int(t) for t in os.listdir(f"/proc/{pid}/task")]
-    except OSError:
-        return [pid]
-
-
 def put_on_tree(
     pids: list[int], targets: Targets, *, own_sessions: bool = True
 ) -> tuple[list[str], list[str]]:
@@ -119,14 +112,14 @@ def put_on_tree(
     started; an adopted agent may share one with your shell, so without ``own_sessions`` a session is
     moved only if its leader is in the tree, and left alone (with a note) otherwise.
     """
-    from kas.launch.guard import Kernel
+    from kas.launch.guard import Kernel, threads
 
     kernel = Kernel() if host.system().startswith("linux") else None
     changed: set[str] = set()
     kept: dict[str, str] = {}
     sessions: dict[int, int] = {}
     for pid in pids:
-        for tid in _threads(pid):
+        for tid in threads(pid) or [pid]:
             try:
                 have = os.getpriority(os.PRIO_PROCESS, tid)
                 if have < targets.nice:

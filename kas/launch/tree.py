@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from kas import platform as host
 from kas.errors import LaunchError
 from kas.launch.groups import MAX_GRACE, signal_group
 from kas.resolver import ResolvedProfile, agent_cpus
@@ -56,7 +57,7 @@ def guard_rules(resolved: ResolvedProfile, autogroup_nice: int, platform: str) -
         if s.ionice_class in IOCLASS:
             rules.update(ioclass=IOCLASS[s.ionice_class], iolevel=s.ionice_level)
         rules["oom"] = s.oom_score_adj
-        rules["affinity"] = agent_cpus(s.reserve_cpus, sorted(os.sched_getaffinity(0)))
+        rules["affinity"] = agent_cpus(s.reserve_cpus, host.cpus())
         rules["policy"] = SCHED_POLICY.get(s.sched_policy)
     return rules
 
