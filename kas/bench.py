@@ -175,6 +175,7 @@ class Agents:
                 guard=guard_rules(self.resolved, nice, host.system()) if self.guarded else None,
             )
             handle = self.launcher.start(spec)
+            handle.ready()
             self.handles.append(handle)
             problem = lower_group(handle.pid, nice)
             if problem:

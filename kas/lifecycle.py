@@ -18,9 +18,16 @@ if TYPE_CHECKING:
 
 
 def mark_running(
-    registry: Registry, inst_id: str, pid: int | None, *, guard: GuardRef | None = None, **extra: Any
+    registry: Registry,
+    inst_id: str,
+    pid: int | None,
+    *,
+    guard: GuardRef | None = None,
+    created: float | None = None,
+    **extra: Any,
 ) -> tuple[float | None, float]:
-    """Record that an instance's process started; keep its kernel start time against pid reuse.
+    """Record that an instance's process started; keep its kernel start time against pid reuse (looked up
+    unless the caller has it: ``created``).
 
     Returns ``(pid_create_time, started_at)``.
     """
@@ -28,7 +35,9 @@ def mark_running(
 
     if guard is not None:
         extra.update(guard_pid=guard.pid, guard_create_time=guard.create_time)
-    created, started = (create_time(pid) if pid else None), time.time()
+    if created is None and pid:
+        created = create_time(pid)
+    started = time.time()
     registry.update(inst_id, status=RUNNING, pid=pid, pid_create_time=created, started_at=started, **extra)
     return created, started
 

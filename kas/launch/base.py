@@ -53,8 +53,14 @@ class Handle(Protocol):
     """A started agent."""
 
     pid: int | None
+    create_time: float | None  # the kernel's start time of ``pid``, where it is known
     target: str | None  # where a person finds it besides its pid (a tmux pane id)
     guard: GuardRef | None  # the agent's guard (its parent and subreaper), if it has one
+
+    def ready(self) -> None:
+        """Block until the agent itself runs (``start`` may return while its guard still starts it);
+        then ``pid`` is the agent's. ``LaunchError`` if it could not start."""
+        ...
 
     def wait(self) -> int | None:
         """Block until the agent ends; its exit status (128 + N for a signal), None if unknown."""

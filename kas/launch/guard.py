@@ -81,6 +81,25 @@ def read_stat(pid: int | str) -> Stat | None:
         return None
 
 
+# Every signal the agent gets back at its default (the guard catches or ignores several).
+DEFAULT_SIGNALS = tuple(s for s in signal.valid_signals() if s not in (signal.SIGKILL, signal.SIGSTOP))
+
+
+def find(name: str, env: Any) -> str | None:
+    """The executable ``name`` on the agent's PATH, for ``posix_spawn`` (glibc's ``posix_spawnp`` would
+    search the guard's own PATH, not the agent's); None: not found there, so ``execvpe`` says why."""
+    if "/" in name:
+        return name
+    for folder in env.get("PATH", os.defpath).split(":"):
+        path = f"{folder or '.'}/{name}"
+        try:
+            if os.stat(path).st_mode & 0o170000 == 0o100000 and os.access(path, os.X_OK):
+                return path
+        except OSError:
+            continue
+    return None
+
+
 def pids() -> set[int]:
     return {int(name) for name in os.listdir("/proc") if name.isdigit()}
 
@@ -274,17 +293,20 @@ class Telemetry:
 class Guard:
     """Watches one agent's tree and keeps the rules on it."""
 
-    def __init__(self, rules_file: str | None, rules: dict[str, Any]) -> None:
+    def __init__(self, rules_file: str | None, rules: dict[str, Any], seen: set[int] | None = None) -> None:
+        """``seen``: the processes that were there before (a zygote's listing); else listed now."""
         self.kernel = Kernel()
         self.rules_file = rules_file
         self.rules_mtime: int | None = None
         self.rules = Rules(rules)
+        self.given = rules  # as the launcher gave them, for the rules file
+        self.published = False
         self.me = os.getpid()
         self.agent = 0
         self.settled = 0.0  # until then the agent is left to its wrapper
         self.members: dict[int, int] = {}  # pid -> kernel start time (so a recycled pid is not ours)
         self.fresh: set[int] = set()  # members not yet checked whole (every thread)
-        self.seen: set[int] = pids()
+        self.seen: set[int] = pids() if seen is None else seen
         self.thread_counts: dict[int, int] = {}  # pid -> threads at the last look
         self.looks = 0
         self.subreaper = False
@@ -310,6 +332,27 @@ class Guard:
         self.rules = rules
         self.fresh.update(self.members)
         return True
+
+    def publish(self) -> None:
+        """Write the rules file where ``kas profile apply`` rewrites them, unless it already has: the
+        launcher leaves this to the guard, so a start waits for no file (0600, in kas's private
+        state directory)."""
+        if not self.rules_file or self.published:
+            return
+        self.published = True
+        try:
+            fd = os.open(self.rules_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except OSError:
+            return
+        import json
+
+        try:
+            with os.fdopen(fd, "w") as out:
+                json.dump(self.given, out)
+                out.flush()
+                self.rules_mtime = os.fstat(fd).st_mtime_ns  # ours: no need to read it back
+        except (OSError, ValueError):
+            pass
 
     # -- the tree ----------------------------------------------------------------------------------
     def scan(self) -> dict[int, Stat]:
@@ -481,6 +524,7 @@ class Run:
         self.output: int | None = None  # the read end of the agent's output pipe (detached: --log)
         self.log: Any = None  # kas.logfile.RotatingLog
         self.status: int | None = None
+        self.reported: Any = None  # called once the agent is named (a zygote's guard tells the zygote)
         self.signals: list[int] = []
         self.released = False
         self.stopping = False
@@ -516,28 +560,81 @@ class Run:
                 pass
             self.report_fd = None
 
-    def start(self, argv: list[str], terminal: bool, log: str | None = None) -> bool:
-        """Fork and exec the agent in a process group of its own; False (reported) if it cannot run.
+    def start(
+        self, argv: list[str], terminal: bool, log: str | None = None, env: dict[str, str] | None = None
+    ) -> bool:
+        """Start the agent in a process group of its own; False (reported) if it cannot run.
 
         With ``log`` the agent's stdout and stderr go through a pipe that this loop copies into the
-        bounded log (``kas.logfile``), so a detached agent needs no other kas process.
+        bounded log (``kas.logfile``), so a detached agent needs no other kas process. ``env`` is the
+        agent's environment where it is not the guard's own (a guard forked by the zygote).
         """
+        out_r, out_w = os.pipe() if log else (-1, -1)
+        environ = os.environ if env is None else env
+        rules = self.guard.rules
+        program = None if terminal or rules.affinity or rules.policy is not None else find(argv[0], environ)
+        if program is not None:
+            pid, failure = self._spawn(program, argv, environ, out_w)
+        else:
+            pid, failure = self._fork(argv, terminal, environ, out_w)
+        if log:
+            os.close(out_w)
+            os.set_blocking(out_r, False)
+            self.output = out_r
+        if failure is not None:
+            code, name = failure
+            import errno as errnos
+
+            if code == errnos.ENOENT:
+                self.report(f"error command not found: {name}")
+            elif code == errnos.EACCES:
+                self.report(f"error permission denied: {name}")
+            else:
+                self.report(f"error cannot start {name}: {os.strerror(code)}")
+            return False
+        self.guard.agent = pid
+        self.guard.settled = time.monotonic() + 1.0
+        self.report(f"pid {pid} {os.getpid()}")
+        if self.reported is not None:
+            self.reported()
+        if log:
+            self.log = logfile().RotatingLog(log)
+        st = read_stat(pid)
+        self.guard.members[pid] = st.start if st is not None else 0
+        self.guard.fresh.add(pid)
+        return True
+
+    @staticmethod
+    def _spawn(program: str, argv: list[str], env: Any, out_w: int) -> tuple[int, tuple[int, str] | None]:
+        """The common case, as ``posix_spawn``: no copy of this interpreter's memory, so a start costs a
+        third of a fork's. The agent gets default signal handlers and an empty mask, as after ``_fork``."""
+        actions = [(os.POSIX_SPAWN_DUP2, out_w, 1), (os.POSIX_SPAWN_DUP2, out_w, 2)] if out_w >= 0 else []
+        try:
+            pid = os.posix_spawn(
+                program, argv, env, file_actions=actions, setpgroup=0, setsigmask=(),
+                setsigdef=DEFAULT_SIGNALS,
+            )  # fmt: skip
+        except OSError as exc:
+            return 0, (exc.errno or 0, argv[0])
+        return pid, None
+
+    def _fork(
+        self, argv: list[str], terminal: bool, env: Any, out_w: int
+    ) -> tuple[int, tuple[int, str] | None]:
+        """Fork and exec: for what ``posix_spawn`` cannot set up (the terminal, CPUs, a policy), or a
+        command not found on PATH, whose error ``execvpe`` reports as a shell would."""
         check_r, check_w = os.pipe()
         os.set_inheritable(check_w, False)
-        out_r, out_w = os.pipe() if log else (-1, -1)
         pid = os.fork()
         if pid == 0:  # the agent, between fork and exec
             try:
                 os.close(check_r)
-                if log:
+                if out_w >= 0:
                     os.dup2(out_w, 1)
                     os.dup2(out_w, 2)
-                    os.close(out_w)
-                    os.close(out_r)
-                for sig in range(1, signal.NSIG):
+                for sig in DEFAULT_SIGNALS:
                     try:
-                        if sig not in (signal.SIGKILL, signal.SIGSTOP):
-                            signal.signal(sig, signal.SIG_DFL)
+                        signal.signal(sig, signal.SIG_DFL)
                     except (OSError, ValueError):
                         pass
                 signal.set_wakeup_fd(-1)
@@ -558,41 +655,21 @@ class Run:
                     os.tcsetpgrp(0, os.getpgrp())
                     signal.signal(signal.SIGTTOU, signal.SIG_DFL)
                 signal.pthread_sigmask(signal.SIG_SETMASK, [])
-                os.execvp(argv[0], argv)
+                os.execvpe(argv[0], argv, env)
             except OSError as exc:
                 os.write(check_w, f"{exc.errno} {argv[0]}".encode())
             finally:
                 os._exit(127)
         os.close(check_w)
-        if log:
-            os.close(out_w)
-            os.set_blocking(out_r, False)
-            self.output = out_r
-            self.log = logfile().RotatingLog(log)
         failure = b""
         while chunk := os.read(check_r, 512):
             failure += chunk
         os.close(check_r)
-        if failure:
-            os.waitpid(pid, 0)
-            errno_text, _, name = failure.decode(errors="replace").partition(" ")
-            import errno as errnos
-
-            code = int(errno_text)
-            if code == errnos.ENOENT:
-                self.report(f"error command not found: {name}")
-            elif code == errnos.EACCES:
-                self.report(f"error permission denied: {name}")
-            else:
-                self.report(f"error cannot start {name}: {os.strerror(code)}")
-            return False
-        self.guard.agent = pid
-        self.guard.settled = time.monotonic() + 1.0
-        st = read_stat(pid)
-        self.guard.members[pid] = st.start if st is not None else 0
-        self.guard.fresh.add(pid)
-        self.report(f"pid {pid}")
-        return True
+        if not failure:
+            return pid, None
+        os.waitpid(pid, 0)
+        errno_text, _, name = failure.decode(errors="replace").partition(" ")
+        return pid, (int(errno_text), name)
 
     def reap(self) -> bool:
         """Collect ended children; False once the guard has no child left."""
@@ -682,7 +759,8 @@ class Run:
         agent's output wake the guard, and they cost no look at /proc."""
         guard = self.guard
         deadline: float | None = None
-        next_look = 0.0
+        # The agent starts with the rules on it: the first look is one tick later (an adopted tree's, now).
+        next_look = 0.0 if guard.adopted else time.monotonic() + TICK
         end_seen = False
         while True:
             self.handle_signals()
@@ -693,10 +771,12 @@ class Run:
             if now < next_look:
                 self.sleep(next_look - now)
                 continue
+            if self.status is None:  # an agent that has ended needs no rules file, nor figures
+                guard.publish()
             guard.reload()
             stats = guard.scan()
             behind = guard.enforce(stats)
-            if self.telemetry is not None and self.telemetry.due(now):
+            if self.status is None and self.telemetry is not None and self.telemetry.due(now):
                 home = stats.get(guard.agent)
                 self.telemetry.sample(stats, home.sid if home else None, now)
             next_look = now + (RETRY if behind else TICK)
@@ -774,12 +854,23 @@ def parse(args: list[str]) -> dict[str, Any]:
     return opts
 
 
-def main(args: list[str]) -> int:
+def main(
+    args: list[str], env: dict[str, str] | None = None, seen: set[int] | None = None, reported: Any = None
+) -> int:
+    """``env``: the agent's environment, where it is not this process's own (a guard the zygote forked);
+    ``seen``: the processes listed before the request (a spare's listing); ``reported``: called once the
+    agent is named."""
     opts = parse(args)
-    guard = Guard(opts["rules_file"], opts["rules"])
+    if opts["report_fd"] is not None:  # the agent must not hold the report pipe open
+        try:
+            os.set_inheritable(opts["report_fd"], False)
+        except OSError:
+            opts["report_fd"] = None
+    guard = Guard(opts["rules_file"], opts["rules"], seen)
     if not opts["rules"]:
         guard.reload()  # otherwise the file holds the same rules: the first look reads it
     run = Run(guard, opts["report_fd"])
+    run.reported = reported
     run.install()
     if opts["die_with_parent"]:
         parent = os.getppid()
@@ -790,14 +881,14 @@ def main(args: list[str]) -> int:
         guard.adopted = True
         guard.agent = opts["adopt"]
         guard.adopt_tree(opts["adopt"])
-        run.report(f"pid {opts['adopt']}")
+        run.report(f"pid {opts['adopt']} {os.getpid()}")
     else:
         guard.subreaper = guard.kernel.prctl(PR_SET_CHILD_SUBREAPER, 1)
         if guard.rules.autogroup:  # the agent's session (a new one, a pane's, a terminal's), before it runs
             guard._autogroup(os.getpid(), os.getsid(0), guard.rules.autogroup)
         if guard.rules.oom is not None:
             guard._oom(os.getpid(), guard.rules.oom)
-        if not run.start(opts["argv"], opts["terminal"], opts["log"]):
+        if not run.start(opts["argv"], opts["terminal"], opts["log"], env):
             return 127
     # The guard holds nothing of the agent's I/O: a log pipe ends when the agent's tree closes it.
     null = os.open(os.devnull, os.O_RDWR)
@@ -854,40 +945,74 @@ def logfile() -> Any:
     return kas.logfile
 
 
+SPARES = 2  # guards kept waiting: a wave's tasks that end together start again together
+
+
 def zygote(sock_fd: int) -> int:
-    """Start guards on request, each a fork of this lean, single-threaded process: about a millisecond
-    instead of a new interpreter's 18 ms, which a wave of short tasks pays at every promotion.
+    """Start guards on request, each a fork of this lean, single-threaded process: a wave of short tasks
+    would otherwise pay a new interpreter's 18 ms at every promotion.
 
     One ``SOCK_SEQPACKET`` message per request: JSON with the guard's options, the agent's argv,
-    environment and directory, carrying three descriptors (the agent's stdout and stderr, the guard's
-    report pipe). The answer is ``guard PID``; ``exit PID STATUS`` follows when that guard ends. When the
-    runner closes its end the zygote starts nothing more and leaves once its guards have ended (guards
-    whose runner died go on, as any agent does: kas lists them as orphaned).
+    environment and directory, carrying the guard's report pipe (where the guard names itself with its
+    agent); ``exit PID STATUS`` is sent back when a guard ends. ``SPARES`` guards (``_spare``) are forked
+    ahead and wait for requests themselves, so a start pays no fork; the zygote forks a new one once a
+    spare has started its agent (a fork meanwhile would slow that start down), and passes on every exit
+    status (guards are its children, not the runner's). When the runner closes its end the zygote starts
+    nothing more and leaves once its guards have ended (guards whose runner died go on, as any agent
+    does: kas lists them as orphaned).
     """
-    import json
+    import json  # noqa: F401 - every guard reads requests and writes rules and figures with it
     import socket
-    import warnings  # noqa: F401 - os.execvp imports it in every agent's child: once, here, instead
+    import warnings  # noqa: F401 - os.execvpe imports it in a forked agent: once, here, instead
 
+    logfile()  # a task's guard writes its log
     Kernel()  # load ctypes and libc once, here: every guard forked from now on has them
+    import gc
+
+    gc.freeze()  # what is here now is never collected: a guard's collections leave these pages shared
+    os.set_inheritable(sock_fd, False)  # a guard holds it until its agent runs: never the agent
     sock = socket.socket(fileno=sock_fd)
     wake_r, wake_w = os.pipe()
-    for fd in (wake_r, wake_w):
+    took_r, took_w = os.pipe()  # spares say here when they took a request ("took PID") or saw the end
+    for fd in (wake_r, wake_w, took_r):
         os.set_blocking(fd, False)
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda *_: None)
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     children: set[int] = set()
+    spares: set[int] = set()
     listening = True
-    while listening or children:
+
+    def news() -> None:
+        nonlocal listening
         try:
-            ready = select.select([sock.fileno(), wake_r] if listening else [wake_r], [], [], 1.0)[0]
+            text = os.read(took_r, 4096).decode()
+        except OSError:
+            return
+        for line in text.splitlines():
+            kind, _, pid = line.partition(" ")
+            if kind == "took":
+                spares.discard(int(pid))
+            elif kind == "eof":
+                listening = False
+
+    while listening or children:
+        while listening and len(spares) < SPARES:
+            pid = os.fork()
+            if pid == 0:
+                _spare(sock, (wake_r, wake_w, took_r), took_w)
+            children.add(pid)
+            spares.add(pid)
+        try:
+            select.select([took_r, wake_r], [], [], 1.0)
         except InterruptedError:
-            ready = []
+            pass
         try:
             while os.read(wake_r, 512):
                 pass
         except OSError:
             pass
+        news()
         while children:
             try:
                 pid, wstatus = os.waitpid(-1, os.WNOHANG)
@@ -897,54 +1022,115 @@ def zygote(sock_fd: int) -> int:
             if pid == 0:
                 break
             children.discard(pid)
+            spares.discard(pid)  # a spare that ended without a request (the runner's end, or killed)
             code = os.waitstatus_to_exitcode(wstatus)
-            if listening:
-                try:
-                    sock.send(f"exit {pid} {128 - code if code < 0 else code}".encode())
-                except OSError:
-                    listening = False
-        if listening and sock.fileno() in ready:
-            try:
-                message, fds, _flags, _address = socket.recv_fds(sock, 1 << 20, 3)
+            try:  # every end: a guard killed before it said so is still waited for by the runner
+                sock.send(f"exit {pid} {128 - code if code < 0 else code}".encode())
             except OSError:
-                message, fds = b"", []
-            if not message:
-                listening = False
-                continue
-            pid = os.fork()
-            if pid == 0:
-                _become_guard(sock, (wake_r, wake_w), json.loads(message), fds)
-            for fd in fds:
-                os.close(fd)
-            children.add(pid)
-            sock.send(f"guard {pid}".encode())
+                pass
     return 0
 
 
-def _become_guard(sock: Any, wake: tuple[int, int], request: dict[str, Any], fds: list[int]) -> None:
-    """In the zygote's child: a fresh session, the agent's environment and directory, its output; then
-    the guard's own main. Never returns."""
-    code = 127
+def _spare(sock: Any, inherited: tuple[int, ...], took_w: int) -> None:
+    """A guard forked ahead of its request: it lists /proc now (and every second while it waits) and has
+    its pages copied already, so taking a request costs only the guard's own start. Never returns."""
+    code = 0
     try:
-        sock.close()
-        for fd in wake:
+        for fd in inherited:
             os.close(fd)
         signal.set_wakeup_fd(-1)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        os.setsid()
-        os.chdir(request["cwd"])
-        os.environ.clear()
-        os.environ.update(request["env"])
-        out, err, report = fds
-        null = os.open(os.devnull, os.O_RDONLY)
-        os.dup2(null, 0)
-        os.dup2(out, 1)
-        os.dup2(err, 2)
-        for fd in (null, out, err):
-            os.close(fd)
-        code = main([*request["options"], "--report-fd", str(report), "--", *request["argv"]])
+        waited = _await_request(sock)
+        me = os.getpid()
+        if waited is None:
+            os.write(took_w, f"eof {me}\n".encode())
+            return
+        message, fds, seen = waited
+        told: list[bool] = []
+
+        def tell() -> None:  # once the agent runs: the zygote's next fork would slow its start down
+            if not told:
+                told.append(True)
+                os.write(took_w, f"took {me}\n".encode())
+                os.close(took_w)
+                sock.close()
+
+        code = 127
+        code = _become_guard(message, fds, seen, tell)
+        tell()
     finally:
         os._exit(code)
+
+
+def _await_request(sock: Any) -> tuple[bytes, list[int], set[int]] | None:
+    """The next request, with the processes there were just before it; None once the runner closed its
+    end or the zygote is gone (nobody would pass on this guard's end)."""
+    zygote_pid = os.getppid()
+    seen = pids()
+    _rehearse(seen)
+    while True:
+        try:
+            ready = select.select([sock.fileno()], [], [], 1.0)[0]
+        except InterruptedError:
+            continue
+        if os.getppid() != zygote_pid:
+            return None
+        if not ready:
+            seen = pids()
+            continue
+        message, fds = _request(sock)
+        return (message, fds, seen) if message else None
+
+
+def _rehearse(seen: set[int]) -> None:
+    """Run a guard's start-up steps once with nothing at stake, before any request: a fork shares this
+    process's memory until a page is first written, and Python writes to every object it uses; copying
+    those pages now keeps the copies off the path between a request and the agent's start."""
+    import json
+
+    opts = parse(["--rules", "nice=0,autogroup=0", "--rules-file", "", "--report-fd", "0", "--", "true"])
+    guard = Guard(None, opts["rules"], seen)
+    json.loads(json.dumps({"options": [], "argv": ["true"], "env": {"PATH": ""}, "cwd": "/"}))
+    guard._autogroup(os.getpid(), 0, 0)  # a read only: the session is already at 0 or above
+    guard._oom(os.getpid(), 0)
+    find("true", {"PATH": os.defpath})
+    read_stat(os.getpid())
+    encode_rules(opts["rules"])
+
+
+def _request(sock: Any) -> tuple[bytes, list[int]]:
+    import socket
+
+    try:
+        message, fds, _flags, _address = socket.recv_fds(sock, 1 << 20, 3)
+    except OSError:
+        return b"", []
+    return message, fds
+
+
+def _become_guard(message: bytes, fds: list[int], seen: set[int], reported: Any) -> int:
+    """In a spare that took a request: a fresh session, the agent's directory, the report pipe (the
+    agent's output goes to its log through the guard, or nowhere); then the guard's own main."""
+    import json
+
+    request = json.loads(message)
+    (report,) = fds
+    os.setsid()
+    try:
+        os.chdir(request["cwd"])
+    except OSError as exc:
+        os.write(report, f"error cannot enter {request['cwd']}: {exc.strerror}\n".encode())
+        return 127
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    os.close(null)
+    return main(
+        [*request["options"], "--report-fd", str(report), "--", *request["argv"]],
+        request["env"],
+        seen,
+        reported,
+    )
 
 
 if __name__ == "__main__":

@@ -27,10 +27,11 @@ from kas.launch.tree import (
     GuardRef,
     guard_prefix,
     guarded,
+    guards_dir,
     read_report,
+    rules_path,
     signal_tree,
     stop_tree,
-    write_rules,
 )
 from kas.logwriter import pump
 
@@ -136,7 +137,7 @@ class SdkHandle:
 
     def __init__(
         self,
-        pid: int,
+        pid: int | None,
         create_time: float | None = None,
         proc: subprocess.Popen[bytes] | None = None,
         guard: GuardRef | None = None,
@@ -149,13 +150,24 @@ class SdkHandle:
         self.guard = guard
         self.zygote = zygote  # the guard's parent, where a zygote started it: it tells the guard's end
         self.pump: threading.Event | None = None  # set once its output is all in the log
+        self.report: int | None = None  # the pipe on which a guard still starting will name the agent
+
+    def ready(self) -> None:
+        """Wait until the agent runs: a guard from the zygote names itself and the agent on its report
+        pipe (until then ``pid`` is None). ``LaunchError`` if it could not start."""
+        if self.report is None:
+            return
+        report, self.report = self.report, None
+        from kas.probe import create_time
+
+        agent, guard = read_report(report)
+        self.create_time = create_time(agent)
+        self.guard = GuardRef(guard, create_time(guard))
+        self.pid = agent
 
     def wait(self) -> int | None:
         if self.zygote is not None and self.guard is not None:
-            ended = self._outlived_guard(self.zygote.wait(self.guard.pid))
-            if self.pump is not None:
-                self.pump.wait(DRAIN)
-            return ended
+            return self._outlived_guard(self.zygote.wait(self.guard.pid))
         if self.proc is not None:
             status: int | None = exit_code(self.proc.wait())
             if self.guard is not None and self.pid:
@@ -225,12 +237,15 @@ class SdkLauncher:
     def __init__(self) -> None:
         self._zygote: Zygote | None = None
         self._no_zygote = False
+        self._guards: Path | None = None  # the guards' directory, checked once per launcher
 
     def start(self, spec: LaunchSpec) -> SdkHandle:
-        """Output goes through a pipe into the bounded log (see kas.logwriter), or nowhere.
+        """Output goes into the bounded log (see kas.logfile), or nowhere.
 
         An agent that need not die with this process (a wave's task) gets its guard from the zygote, a
-        fork instead of a new interpreter; the bench's agents, which must, start their own guards.
+        fork instead of a new interpreter, and this returns as soon as the guard is there: ``ready``
+        waits for the agent itself, so a wave can go on while it starts. The bench's agents, which must
+        die with this process, start their own guards.
         """
         if spec.guard is not None and not spec.dies_with_caller:
             factory = self._factory()
@@ -301,35 +316,23 @@ class SdkLauncher:
         return self._zygote
 
     def _start_forked(self, spec: LaunchSpec, factory: Zygote) -> SdkHandle:
+        """Ask the zygote for a guard, which writes the agent's output to its log itself; ``ready`` on
+        the handle waits for the agent."""
         assert spec.guard is not None
-        rules_file = write_rules(spec.inst_id, spec.guard)
-        options = guard_prefix(rules_file, spec.guard)[4:]  # after the interpreter and the program
-        reader, writer = os.pipe() if spec.log else (-1, os.open(os.devnull, os.O_WRONLY))
+        if self._guards is None:
+            self._guards = guards_dir()
+        options = guard_prefix(rules_path(spec.inst_id, self._guards), spec.guard)[4:]  # after the program
+        options += ["--log", str(spec.log)] if spec.log else []
         report_r, report_w = os.pipe()
         try:
-            guard_pid = factory.start(
-                options, spec.prepared.argv, spec.env, str(spec.cwd), (writer, writer, report_w)
-            )
+            factory.start(options, spec.prepared.argv, spec.env, str(spec.cwd), report_w)
         except LaunchError:
-            for fd in (reader, report_r):
-                if fd >= 0:
-                    os.close(fd)
+            os.close(report_r)
             raise
         finally:
-            os.close(writer)
             os.close(report_w)
-        handle = SdkHandle(guard_pid, zygote=factory)
-        if spec.log:
-            handle.pump = pump(reader, spec.log)
-        from kas.probe import create_time
-
-        try:
-            agent = read_report(report_r)
-        except LaunchError:
-            factory.wait(guard_pid)
-            raise
-        handle.pid, handle.guard = agent, GuardRef(guard_pid, create_time(guard_pid))
-        handle.create_time = create_time(agent)
+        handle = SdkHandle(None, zygote=factory)
+        handle.report = report_r
         return handle
 
     def row_fields(self) -> dict[str, str | None]:

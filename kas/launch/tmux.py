@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 from kas.errors import LaunchError
 from kas.launch.base import LaunchSpec, Poll, SpawnOutcome
 from kas.launch.groups import signal_group
-from kas.launch.tree import GuardRef, guard_prefix, signal_tree, stop_tree, write_rules
+from kas.launch.tree import GuardRef, guard_prefix, rules_path, signal_tree, stop_tree
 from kas.statedir import private_dir, state_dir
 
 if TYPE_CHECKING:
@@ -209,6 +209,9 @@ class TmuxHandle:
         self.create_time = create_time
         self.guard = guard
 
+    def ready(self) -> None:
+        """The pane's agent runs once ``start`` returns."""
+
     def wait(self, check_every: float = 0.5) -> int | None:
         """Block until the agent ends, then return its exit status.
 
@@ -312,9 +315,7 @@ class TmuxLauncher:
                 "env": dict(spec.env),
                 "from_pane": [name for name in PANE_ENV if name not in spec.prepared.env],  # not forced
                 "cwd": str(spec.cwd),
-                "guard_command": (
-                    guard_prefix(write_rules(spec.inst_id, spec.guard), spec.guard) if spec.guard else None
-                ),
+                "guard_command": (guard_prefix(rules_path(spec.inst_id), spec.guard) if spec.guard else None),
                 "autogroup_nice": spec.autogroup_nice,
                 "status": str(status_path(spec.inst_id)),
                 "ready": str(ready),

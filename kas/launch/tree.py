@@ -62,8 +62,15 @@ def guard_rules(resolved: ResolvedProfile, autogroup_nice: int, platform: str) -
     return rules
 
 
-def rules_path(inst_id: str) -> Path:
-    return private_dir(state_dir() / "guards") / f"{inst_id}.json"
+def guards_dir() -> Path:
+    """Where guards keep their rules and figures (private: it is part of kas's state)."""
+    return private_dir(state_dir() / "guards")
+
+
+def rules_path(inst_id: str, folder: Path | None = None) -> Path:
+    """The rules file of ``inst_id``'s guard. The guard writes it itself at its first look (a start waits
+    for no file); ``kas profile apply`` rewrites it (``write_rules``)."""
+    return (folder or guards_dir()) / f"{inst_id}.json"
 
 
 def write_rules(inst_id: str, rules: Mapping[str, Any]) -> Path:
@@ -111,8 +118,9 @@ def guard_prefix(rules_file: Path, rules: Mapping[str, Any]) -> list[str]:
     ]  # fmt: skip
 
 
-def read_report(fd: int, timeout: float = REPORT_TIMEOUT) -> int:
-    """The guard's first line: ``pid N`` once the agent runs, or ``error TEXT`` (a ``LaunchError``)."""
+def read_report(fd: int, timeout: float = REPORT_TIMEOUT) -> tuple[int, int]:
+    """The guard's first line: ``pid AGENT GUARD`` once the agent runs, as ``(agent, guard)``; or
+    ``error TEXT`` (a ``LaunchError``)."""
     import select
 
     data = b""
@@ -129,8 +137,9 @@ def read_report(fd: int, timeout: float = REPORT_TIMEOUT) -> int:
     finally:
         os.close(fd)
     line = data.decode(errors="replace").strip()
-    if line.startswith("pid "):
-        return int(line.split()[1])
+    words = line.split()
+    if words[0:1] == ["pid"] and len(words) == 3 and words[1].isdigit() and words[2].isdigit():
+        return int(words[1]), int(words[2])
     raise LaunchError(line.removeprefix("error ") or "the agent's guard ended before starting it")
 
 
@@ -228,7 +237,7 @@ class Guarded(NamedTuple):
         """After the guard started: the agent's pid (read from the guard) and the guard's identity."""
         from kas.probe import create_time
 
-        agent = read_report(self.report_r)
+        agent, _guard = read_report(self.report_r)
         return agent, GuardRef(guard_pid, create_time(guard_pid))
 
 
@@ -248,7 +257,7 @@ def guarded(
     also writes its output to ``log`` and its end to the registry at ``record``."""
     if rules is None:
         return None
-    rules_file = write_rules(inst_id, rules)
+    rules_file = rules_path(inst_id)
     report_r, report_w = os.pipe()
     os.set_inheritable(report_r, False)
     command = guard_argv(

@@ -1,10 +1,11 @@
 """A wave runner's guard factory: one lean guard process, started once, that forks a guard per task.
 
 Starting a guard as a new interpreter costs about 18 ms, and a wave runner waits for each guard to name
-its agent before it reports the task started: a wave of short tasks would pay it at every promotion. A
-fork of a process that has already started costs about a millisecond. The zygote (``guard.py --zygote``)
-answers each request with the new guard's pid and later with its exit status, since the guard is its
-child, not the runner's.
+its agent before it reports the task started: a wave of short tasks would pay it at every promotion. The
+zygote (``guard.py --zygote``) keeps a forked guard waiting for the next request, so a start costs only
+the guard's own work. A request is sent and not waited for: the guard names itself and its agent on the
+report pipe (``pid AGENT GUARD``), and the zygote sends the guard's exit status when it ends, since the
+guard is its child, not the runner's.
 """
 
 from __future__ import annotations
@@ -19,8 +20,6 @@ from collections.abc import Mapping
 
 from kas.errors import LaunchError
 from kas.launch.tree import GUARD_PROGRAM
-
-ANSWER_TIMEOUT = 10.0
 
 
 class Zygote:
@@ -39,9 +38,8 @@ class Zygote:
         finally:
             theirs.close()
         self.sock = ours
-        self.lock = threading.Lock()  # one request at a time: answers come in the order asked
+        self.lock = threading.Lock()  # one request at a time
         self.changed = threading.Condition()
-        self.answers: list[int] = []
         self.exits: dict[int, int] = {}
         self.closed = False
         threading.Thread(target=self._read, daemon=True).start()
@@ -58,28 +56,24 @@ class Zygote:
                     self.changed.notify_all()
                     return
                 kind, *numbers = message.split()
-                if kind == "guard":
-                    self.answers.append(int(numbers[0]))
-                elif kind == "exit":
+                if kind == "exit":
                     self.exits[int(numbers[0])] = int(numbers[1])
                 self.changed.notify_all()
 
     def start(
-        self, options: list[str], argv: list[str], env: Mapping[str, str], cwd: str, fds: tuple[int, int, int]
-    ) -> int:
-        """Ask for a guard of ``argv``; its pid. ``fds``: the agent's stdout and stderr, the report pipe."""
+        self, options: list[str], argv: list[str], env: Mapping[str, str], cwd: str, report: int
+    ) -> None:
+        """Ask for a guard of ``argv``, without waiting: ``report`` is the pipe on which the guard will
+        name itself and the agent (``tree.read_report``); the agent's output goes where ``options`` say
+        (``--log``, or nowhere)."""
         request = json.dumps({"options": options, "argv": argv, "env": dict(env), "cwd": cwd}).encode()
         with self.lock:
+            if self.closed:
+                raise LaunchError("the guard factory ended")
             try:
-                socket.send_fds(self.sock, [request], list(fds))
+                socket.send_fds(self.sock, [request], [report])
             except OSError as exc:
                 raise LaunchError(f"the guard factory is gone ({exc.strerror})") from None
-            with self.changed:
-                if not self.changed.wait_for(lambda: self.answers or self.closed, ANSWER_TIMEOUT):
-                    raise LaunchError("the guard factory did not answer")
-                if not self.answers:
-                    raise LaunchError("the guard factory ended")
-                return self.answers.pop(0)
 
     def poll(self, pid: int) -> int | None:
         with self.changed:
