@@ -1,13 +1,16 @@
-"""Drive the pure scheduler with real launches: one waiter thread per task turns its end into an event.
+"""Drive the pure scheduler with real launches: one waiter thread per task turns its start and its end
+into events.
 
 The main thread only blocks on its inbox (task events, and signals), so a finished task promotes the next
-one at once (no polling delay). Ctrl-C / SIGTERM stop every running group (SIGTERM, then SIGKILL after a
-grace period), cancel what is pending and leave the registry consistent. The execution mode is the
-launcher's business: nothing here asks which one runs the tasks.
+one at once (no polling delay). A launch returns as soon as the agent's guard exists; the waiter waits
+for the agent itself to run, so the main thread goes on while tasks start. Ctrl-C / SIGTERM stop every
+running group (SIGTERM, then SIGKILL after a grace period), cancel what is pending and leave the registry
+consistent. The execution mode is the launcher's business: nothing here asks which one runs the tasks.
 """
 
 from __future__ import annotations
 
+import collections
 import os
 import queue
 import signal
@@ -52,6 +55,7 @@ from kas.waves.scheduler import WaveScheduler
 
 Emit = Callable[[dict[str, Any]], None]
 DECLINED, NO_TERMINAL = "declined", "no-terminal"
+STARTED, LAUNCH_FAILED, FINISHED, WARNING = "started", "launch-failed", "finished", "warning"
 
 
 @dataclass
@@ -80,6 +84,7 @@ class TaskRun:
     reason: str | None = None
     prepared: Prepared | None = None
     handle: Handle | None = None
+    follower: LogFollower | None = None
     timed_out: threading.Event = field(default_factory=threading.Event)
 
     @property
@@ -145,7 +150,8 @@ class WaveRunner:
         )
         self.autogroup_nice = autogroup_here(resolved)
         self.rules = guard_rules(resolved, self.autogroup_nice, host.system())
-        self.events: Inbox[tuple[str, str, int | None]] = Inbox()
+        # (STARTED, task, None), (LAUNCH_FAILED, task, reason), (FINISHED, task, exit status), (WARNING, text)
+        self.events: Inbox[tuple[str, str, Any]] = Inbox()
         self.result = RunResult(new_id())
         self.runs: dict[str, TaskRun] = {}
         self.registry = Registry()
@@ -161,6 +167,11 @@ class WaveRunner:
         self.registry_broken = False
         self.environ = dict(os.environ)  # read once: every task starts from the caller's environment
         self.found: set[tuple[str, str | None, Path]] = set()
+        # Starts are told in the order the tasks were launched (plan order), though agents may come up in
+        # another: a task's events wait here until every task launched before it has started or failed.
+        self.unannounced: collections.deque[str] = collections.deque()
+        self.held: dict[str, list[tuple[str, str, Any]]] = {}
+        self.released: collections.deque[tuple[str, str, Any]] = collections.deque()
 
     # -- events -----------------------------------------------------------------------------------------
     def emit(self, event: str, **data: Any) -> None:
@@ -282,10 +293,15 @@ class WaveRunner:
                 raise Interrupted
             self._waiting = True
             try:
-                _kind, task_id, status = self._next_event()
+                kind, task_id, value = self._next_event()
             finally:
                 self._waiting = False
-            self._finished(task_id, status)
+            if kind == STARTED:
+                self._started(task_id)
+            elif kind == LAUNCH_FAILED:
+                self._launch_failed(task_id, value)
+            else:
+                self._finished(task_id, value)
         failed = self.result.failed
         counts = {
             "ok": sum(1 for t in wave.tasks if self.runs[t.id].ok),
@@ -294,9 +310,41 @@ class WaveRunner:
         }
         self.emit("wave_done", wave=index, name=wave.name, **counts)
 
+    def _started(self, task_id: str) -> None:
+        """The agent runs: say so, record it, and echo its output from here on."""
+        run = self.runs[task_id]
+        handle = run.handle
+        assert handle is not None
+        run.pid, run.started = handle.pid, time.time()
+        if self.result.interrupted:  # asked to start before the stop: its guard may not have had the signal
+            handle.signal(signal.SIGTERM)
+        self.emit("task_promoted", wave=run.wave, task=task_id, pid=run.pid, instance=run.inst_id)
+        # Echoed from the log as it grows, after the task's start was reported, in every mode alike.
+        if self._streams:
+            run.follower = LogFollower(run.log, self._echo_to(task_id))
+        self._mark(
+            lifecycle.mark_running, run.inst_id, run.pid, tmux_target=handle.target, guard=handle.guard,
+            created=handle.create_time,
+        )  # fmt: skip
+
+    def _launch_failed(self, task_id: str, reason: str) -> None:
+        """A task that could not start fails at once and promotes the next in turn."""
+        self._failed_to_start(self.runs[task_id], reason)
+        self._launch_all(self.scheduler.finish(task_id, False))
+
+    def _failed_to_start(self, run: TaskRun, reason: str) -> None:
+        run.state, run.reason = FAILED, reason
+        run.ended = self._mark(lifecycle.mark_failed, run.inst_id)
+        run.started = run.started or run.ended
+        self.emit("task_failed", wave=run.wave, task=run.task.id, reason=reason)
+        if self.options.fail_fast:
+            self._cancel(self.scheduler.stop_promoting())
+
     def _finished(self, task_id: str, status: int | None) -> None:
         run = self.runs[task_id]
         run.exit_status, run.ended = status, time.time()
+        if run.follower is not None:
+            run.follower.stop()
         row = None if self.registry_broken else self.registry.get(run.inst_id)
         if row is not None and row.status == STOPPED:  # `kas instance stop` ended it: say so, as the row does
             run.state, run.reason = STOPPED, "stopped by kas instance stop"
@@ -337,12 +385,7 @@ class WaveRunner:
             try:
                 self._launch(run)
             except LaunchError as exc:
-                run.state, run.reason = FAILED, str(exc)
-                run.ended = self._mark(lifecycle.mark_failed, run.inst_id)
-                run.started = run.started or run.ended
-                self.emit("task_failed", wave=run.wave, task=task_id, reason=str(exc))
-                if self.options.fail_fast:
-                    self._cancel(self.scheduler.stop_promoting())
+                self._failed_to_start(run, str(exc))
                 work += self.scheduler.finish(task_id, False)
 
     def _cancelled_elsewhere(self, run: TaskRun) -> bool:
@@ -403,15 +446,10 @@ class WaveRunner:
             self.autogroup_nice,
             guard=self.rules,
         )
-        handle = run.handle = self.launcher.start(spec)
-        run.pid, run.state, run.started = handle.pid, RUNNING, time.time()  # stopped on any error from here
-        self.emit("task_promoted", wave=run.wave, task=task.id, pid=run.pid, instance=run.inst_id)
-        # Echoed from the log as it grows, after the task's start was reported, in every mode alike.
-        follower = LogFollower(run.log, self._echo_to(task.id)) if self._streams else None
-        background(self._wait, run.task.id, handle, follower)
-        lifecycle.mark_running(
-            self.registry, run.inst_id, run.pid, tmux_target=handle.target, guard=handle.guard
-        )
+        run.handle = self.launcher.start(spec)
+        self.unannounced.append(task.id)
+        run.state = RUNNING  # it holds a slot, and is stopped on any error from here
+        background(self._wait, run.task.id, run.handle)
 
     @property
     def _streams(self) -> bool:
@@ -425,13 +463,24 @@ class WaveRunner:
 
         return echo
 
-    def _wait(self, task_id: str, handle: Handle, follower: LogFollower | None) -> None:
-        """Lower the task's autogroup, then wait for it: both off the event loop, since the kernel may make
-        the autogroup write wait its turn (one per 100 ms for a normal user) behind the other tasks'."""
+    def _wait(self, task_id: str, handle: Handle) -> None:
+        """Wait for the agent to run, then for its end, off the event loop. Where no guard lowered the
+        agent's session before it ran, lower it here: the kernel may make that write wait its turn (one
+        per 100 ms for a normal user) behind the other tasks'."""
         signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)  # signals are the main thread's to handle
-        problem = lower_group(handle.pid, self.autogroup_nice)
-        if problem:
-            self.events.put(("warning", problem, None))
+        try:
+            handle.ready()
+        except LaunchError as exc:
+            self.events.put((LAUNCH_FAILED, task_id, str(exc)))
+            return
+        except Exception as exc:  # the waiter must always report, or the wave would never end
+            self.events.put((LAUNCH_FAILED, task_id, f"cannot start: {exc}"))
+            return
+        if handle.guard is None:
+            problem = lower_group(handle.pid, self.autogroup_nice)
+            if problem:
+                self.events.put((WARNING, problem, None))
+        self.events.put((STARTED, task_id, None))
         run = self.runs[task_id]
         done = threading.Event()
         if run.task.timeout:
@@ -441,9 +490,7 @@ class WaveRunner:
         except Exception:  # the waiter must always report, or the wave would never end
             status = None
         done.set()
-        if follower is not None:
-            follower.stop()
-        self.events.put(("finished", task_id, status))
+        self.events.put((FINISHED, task_id, status))
 
     def _expire(self, run: TaskRun, done: threading.Event) -> None:
         """A task past its timeout is stopped as an interrupted one is: its whole group, TERM then KILL."""
@@ -457,42 +504,41 @@ class WaveRunner:
             run.handle.signal(signal.SIGKILL)
 
     # -- interrupt --------------------------------------------------------------------------------------
-    def _next_event(self, timeout: float | None = None) -> tuple[str, str, int | None]:
-        """The next task end; warnings that arrive meanwhile are passed on."""
-        while True:
-            kind, value, status = self.events.get(timeout=timeout)
-            if kind != "warning":
-                return kind, value, status
-            self.warn([value])
+    def _next_event(self, timeout: float | None = None) -> tuple[str, str, Any]:
+        """The next task start or end, starts in launch order; warnings that arrive meanwhile are passed
+        on. ``queue.Empty`` after ``timeout``."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self.released:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            event = self.events.get(timeout=left)
+            if event[0] == WARNING:
+                self.warn([event[1]])
+            elif event[1] in self.held or event[1] in self.unannounced:
+                self.held.setdefault(event[1], []).append(event)
+                while self.unannounced and self.held.get(self.unannounced[0]):
+                    self.released.extend(self.held.pop(self.unannounced.popleft()))
+            else:
+                self.released.append(event)
+        return self.released.popleft()
 
     def _shutdown(self) -> None:
-        """SIGTERM every running group, SIGKILL after the grace period, cancel pending; record it all."""
+        """SIGTERM every running group, SIGKILL after the grace period, cancel pending; record it all.
+
+        A task still starting gets the signal through its guard, which passes it on once the agent runs.
+        """
         self.result.interrupted = True
         self.emit("run_interrupted")
         running = [r for r in self.runs.values() if r.state == RUNNING]
         for run in running:
             if run.handle is not None:
                 run.handle.signal(signal.SIGTERM)
-        deadline = time.monotonic() + self.grace
         remaining = {r.task.id for r in running}
-        while remaining and time.monotonic() < deadline:
-            try:
-                _, task_id, status = self._next_event(timeout=max(0.0, deadline - time.monotonic()))
-            except queue.Empty:
-                break
-            self._record_stopped(task_id, status)
-            remaining.discard(task_id)
+        self._settle(remaining, time.monotonic() + self.grace)
         for task_id in remaining:
             handle = self.runs[task_id].handle
             if handle is not None:
                 handle.signal(signal.SIGKILL)
-        for _ in list(remaining):
-            try:
-                _, done_id, status = self._next_event(timeout=5)
-            except queue.Empty:
-                break
-            self._record_stopped(done_id, status)
-            remaining.discard(done_id)
+        self._settle(remaining, None)
         for task_id in remaining:
             self._record_stopped(task_id, None)
         for run in self.runs.values():
@@ -500,8 +546,28 @@ class WaveRunner:
                 run.handle.signal(signal.SIGKILL)  # stragglers that left the leader behind
         self._cancel([r.task.id for r in self.runs.values() if r.state == PENDING])
 
+    def _settle(self, remaining: set[str], deadline: float | None) -> None:
+        """Record the ends of ``remaining`` tasks as they come, until ``deadline`` (None: 5 s between two
+        ends); a start that comes meanwhile is recorded too, and a start that failed is an end."""
+        while remaining:
+            left = 5.0 if deadline is None else deadline - time.monotonic()
+            try:
+                kind, task_id, value = self._next_event(timeout=max(0.0, left))
+            except queue.Empty:
+                return
+            if kind == STARTED:
+                self._started(task_id)
+                continue
+            if kind == LAUNCH_FAILED:
+                self._failed_to_start(self.runs[task_id], value)
+            else:
+                self._record_stopped(task_id, value)
+            remaining.discard(task_id)
+
     def _record_stopped(self, task_id: str, status: int | None) -> None:
         run = self.runs[task_id]
+        if run.follower is not None:
+            run.follower.stop()
         run.exit_status = status
         run.state, run.reason = STOPPED, "interrupted"
         run.ended = self._mark(lifecycle.mark_ended, run.inst_id, STOPPED, status)

@@ -1,0 +1,186 @@
+"""How a guard starts its agent: the zygote's spares, ``posix_spawn`` or fork, the rules file it writes.
+
+Real guards and agents; what the agent inherited is read back from its own /proc entries.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+from click.testing import CliRunner
+
+from kas.cli import main
+from kas.errors import LaunchError
+from kas.launch.guard import find
+from kas.launch.tree import guard_prefix, read_report, rules_path
+from kas.launch.zygote import Zygote
+from tests.conftest import KAS
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the guard is Linux's")
+
+INHERITED = textwrap.dedent(
+    """\
+    import os, sys
+    # What this agent inherited, read first thing: signal dispositions and mask, descriptors, CPUs.
+    status = open("/proc/self/status").read()
+    fds = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            fds.append(fd + " -> " + os.readlink("/proc/self/fd/" + fd))
+        except OSError:
+            pass  # the listing's own descriptor, closed by now
+    with open(sys.argv[1], "w") as out:
+        out.write(status + "\\n".join(fds) + "\\ncwd " + os.getcwd() + "\\n")
+    """
+)
+# Python itself ignores SIGPIPE and SIGXFSZ at start-up; glibc's posix_spawn (2.36) leaves its own two
+# internal signals, 32 and 33, ignored in the child, and no program uses them (glibc installs its handlers
+# when it needs them).
+NOT_OURS = (1 << (signal.SIGPIPE - 1)) | (1 << (signal.SIGXFSZ - 1)) | (1 << 31) | (1 << 32)
+RULES = {"autogroup": 0, "nice": 10, "ioclass": 2, "iolevel": 7, "oom": 500, "affinity": None, "policy": None}
+
+
+@pytest.mark.parametrize("cpus", ["", "reserve_cpus = 1"], ids=["posix_spawn", "fork"])
+def test_an_agent_starts_with_default_signals_no_mask_and_only_its_own_descriptors(
+    project: Path, cpus: str
+) -> None:
+    """The guard catches and ignores signals, and holds pipes; none of it may reach the agent, on either
+    path (CPUs to narrow make the guard fork instead of ``posix_spawn``). The agent's command is found
+    on the PATH of its own environment."""
+    tools = project / "tools"
+    tools.mkdir()
+    tool = tools / "inherited"
+    tool.write_text(f"#!{sys.executable}\n{INHERITED}")
+    tool.chmod(0o755)
+    out = project / "inherited.txt"
+    (project / "plan.toml").write_text(
+        f'name = "s"\n[resources]\nprofile = "interactive"\n{cpus}\n[[waves]]\n[[waves.tasks]]\nid = "a"\n'
+        f'command = ["inherited", "{out}"]\n'
+        f'[waves.tasks.env]\nPATH = "{tools}:{os.environ["PATH"]}"\n'
+    )
+    done = subprocess.run(
+        [KAS, "wave", "run", "--yes", "--json", "plan.toml"],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = out.read_text().splitlines()
+    fields = dict(line.split(":\t", 1) for line in lines if ":\t" in line)
+    assert int(fields["SigIgn"], 16) & ~NOT_OURS == 0 and int(fields["SigBlk"], 16) == 0
+    fds = dict(line.split(" -> ") for line in lines if " -> " in line)
+    assert fds["0"] == "/dev/null" and len(fds) == 3
+    pipes = sorted(fd for fd, target in fds.items() if target.startswith("pipe:"))
+    assert pipes == ["1", "2"]  # its output goes to the log; the guard's report pipe stayed with the guard
+    assert f"cwd {project}" in lines
+    if cpus and len(os.sched_getaffinity(0)) > 1:
+        assert fields["Cpus_allowed_list"] != f"0-{len(os.sched_getaffinity(0)) - 1}"
+
+
+def test_find_looks_on_the_agents_path_for_a_regular_executable(tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    (tmp_path / "a" / "tool").write_text("not executable")
+    (tmp_path / "a" / "dir").mkdir()
+    (tmp_path / "b" / "tool").write_text("#!/bin/sh\n")
+    (tmp_path / "b" / "tool").chmod(0o755)
+    path = f"{tmp_path / 'a'}:{tmp_path / 'b'}"
+    assert find("tool", {"PATH": path}) == f"{tmp_path / 'b'}/tool"
+    assert find("dir", {"PATH": path}) is None
+    assert find("missing", {"PATH": path}) is None
+    assert find("./x/y", {"PATH": ""}) == "./x/y"  # a path is not searched: posix_spawn says what is wrong
+
+
+def ask(factory: Zygote, argv: list[str], cwd: str, inst_id: str) -> tuple[int, int]:
+    report_r, report_w = os.pipe()
+    try:
+        factory.start(guard_prefix(rules_path(inst_id), RULES)[4:], argv, dict(os.environ), cwd, report_w)
+    finally:
+        os.close(report_w)
+    return read_report(report_r)
+
+
+def test_the_zygote_reports_what_cannot_start_and_replaces_a_killed_spare(tmp_path: Path) -> None:
+    factory = Zygote()
+    try:
+        with pytest.raises(LaunchError, match="command not found: no-such-command-kas"):
+            ask(factory, ["no-such-command-kas"], str(tmp_path), "t1")
+        with pytest.raises(LaunchError, match=r"cannot enter .*gone"):
+            ask(factory, ["true"], str(tmp_path / "gone"), "t2")
+        spares = psutil.Process(factory.proc.pid).children()
+        assert spares, "the zygote keeps spares waiting"
+        for spare in spares:
+            spare.kill()
+        agent, guard = ask(factory, ["sh", "-c", "exit 3"], str(tmp_path), "t3")
+        assert agent != guard and factory.wait(guard) == 3
+    finally:
+        factory.close()
+        factory.proc.wait(timeout=10)
+
+
+def test_the_guard_writes_its_rules_file_and_keeps_an_apply_that_came_first(
+    project: Path, interactive
+) -> None:
+    """The launcher writes no rules file (a start waits for no disk): the guard does at its first look,
+    private, unless ``profile apply`` wrote one already, whose rules then hold."""
+    runner = CliRunner()
+
+    def spawn() -> dict[str, Any]:
+        result = runner.invoke(
+            main, ["spawn", "--detach", "--json", "--", "sleep", "30"], catch_exceptions=False
+        )
+        assert result.exit_code == 0, result.output
+        return json.loads(result.stdout)
+
+    first, second = spawn(), spawn()
+    try:
+        applied = runner.invoke(main, ["profile", "apply", "normal", second["id"]], catch_exceptions=False)
+        assert applied.exit_code == 0, applied.output
+        time.sleep(1.0)  # past each guard's first look
+        for row, expected_nice in ((first, 10), (second, None)):
+            path = rules_path(row["id"])
+            assert stat.S_IMODE(path.stat().st_mode) == 0o600
+            assert json.loads(path.read_text()).get("nice") == expected_nice
+        assert psutil.Process(second["pid"]).ionice().ioclass == psutil.IOPRIO_CLASS_NONE  # not put back
+    finally:
+        for row in (first, second):
+            runner.invoke(main, ["instance", "stop", row["id"]])
+    deadline = time.monotonic() + 10
+    while rules_path(first["id"]).exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not rules_path(first["id"]).exists()  # the guard takes its rules file along
+
+
+def test_a_wave_interrupted_while_its_tasks_start_leaves_nothing_running(project: Path) -> None:
+    """SIGTERM arrives while guards are still starting their agents: each one started is stopped too."""
+    tasks = "".join(f'[[waves.tasks]]\nid = "t{i}"\ncommand = ["sleep", "30"]\n' for i in range(4))
+    (project / "plan.toml").write_text(f'name = "i"\n[[waves]]\n{tasks}')
+    proc = subprocess.Popen(
+        [KAS, "wave", "run", "--yes", "--json", "plan.toml"], cwd=project, stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None
+    first = proc.stdout.readline()
+    while '"wave_started"' not in first:
+        first = proc.stdout.readline()
+    proc.send_signal(signal.SIGTERM)  # the starts are on their way; none was told yet
+    rest, _ = proc.communicate(timeout=30)
+    events = [json.loads(line) for line in rest.splitlines()]
+    assert proc.returncode == 130
+    pids = [e["pid"] for e in events if e["event"] == "task_promoted"]
+    assert all(
+        not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE for pid in pids
+    )
+    ends = {e["task"] for e in events if e["event"] in ("task_finished", "task_cancelled")}
+    assert ends == {"t0", "t1", "t2", "t3"}
