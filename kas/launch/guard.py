@@ -948,7 +948,7 @@ def logfile() -> Any:
 SPARES = 2  # guards kept waiting: a wave's tasks that end together start again together
 
 
-def zygote(sock_fd: int) -> int:
+def zygote(sock_fd: int, rules: Rules) -> int:
     """Start guards on request, each a fork of this lean, single-threaded process: a wave of short tasks
     would otherwise pay a new interpreter's 18 ms at every promotion.
 
@@ -970,6 +970,8 @@ def zygote(sock_fd: int) -> int:
     import gc
 
     gc.freeze()  # what is here now is never collected: a guard's collections leave these pages shared
+    if rules.autogroup:  # the runner started it in a session of its own: its spares' work is background
+        Guard._autogroup(os.getpid(), os.getsid(0), rules.autogroup)
     os.set_inheritable(sock_fd, False)  # a guard holds it until its agent runs: never the agent
     sock = socket.socket(fileno=sock_fd)
     wake_r, wake_w = os.pipe()
@@ -1000,7 +1002,7 @@ def zygote(sock_fd: int) -> int:
         while listening and len(spares) < SPARES:
             pid = os.fork()
             if pid == 0:
-                _spare(sock, (wake_r, wake_w, took_r), took_w)
+                _spare(sock, (wake_r, wake_w, took_r), took_w, rules)
             children.add(pid)
             spares.add(pid)
         try:
@@ -1031,15 +1033,21 @@ def zygote(sock_fd: int) -> int:
     return 0
 
 
-def _spare(sock: Any, inherited: tuple[int, ...], took_w: int) -> None:
-    """A guard forked ahead of its request: it lists /proc now (and every second while it waits) and has
-    its pages copied already, so taking a request costs only the guard's own start. Never returns."""
+def _spare(sock: Any, inherited: tuple[int, ...], took_w: int, rules: Rules) -> None:
+    """A guard forked ahead of its request: it opens its agent's session and lowers it (and its own
+    ``oom_score_adj``) now, lists /proc now (and every second while it waits) and has its pages copied
+    already, so taking a request costs only the guard's own start. Never returns."""
     code = 0
     try:
         for fd in inherited:
             os.close(fd)
         signal.set_wakeup_fd(-1)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        os.setsid()
+        if rules.autogroup:  # a normal user's one write per 100 ms is spent now, not at the start
+            Guard._autogroup(os.getpid(), os.getpid(), rules.autogroup)
+        if rules.oom is not None:
+            Guard._oom(os.getpid(), rules.oom)
         waited = _await_request(sock)
         me = os.getpid()
         if waited is None:
@@ -1109,13 +1117,13 @@ def _request(sock: Any) -> tuple[bytes, list[int]]:
 
 
 def _become_guard(message: bytes, fds: list[int], seen: set[int], reported: Any) -> int:
-    """In a spare that took a request: a fresh session, the agent's directory, the report pipe (the
-    agent's output goes to its log through the guard, or nowhere); then the guard's own main."""
+    """In a spare that took a request (in a session of its own already): the agent's directory, the
+    report pipe (the agent's output goes to its log through the guard, or nowhere); then the guard's own
+    main, which finds the session and ``oom_score_adj`` lowered when the rules are the zygote's."""
     import json
 
     request = json.loads(message)
     (report,) = fds
-    os.setsid()
     try:
         os.chdir(request["cwd"])
     except OSError as exc:
@@ -1135,5 +1143,9 @@ def _become_guard(message: bytes, fds: list[int], seen: set[int], reported: Any)
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--zygote"]:
-        sys.exit(zygote(int(sys.argv[2])))
+        try:
+            shared = Rules(parse_rules(sys.argv[3]) if len(sys.argv) > 3 else {})
+        except ValueError:
+            shared = Rules({})
+        sys.exit(zygote(int(sys.argv[2]), shared))
     sys.exit(main(sys.argv[1:]))

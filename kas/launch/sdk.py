@@ -248,7 +248,7 @@ class SdkLauncher:
         die with this process, start their own guards.
         """
         if spec.guard is not None and not spec.dies_with_caller:
-            factory = self._factory()
+            factory = self._factory(spec.guard)
             if factory is not None:
                 return self._start_forked(spec, factory)
         reader, writer = os.pipe() if spec.log else (-1, subprocess.DEVNULL)
@@ -305,12 +305,12 @@ class SdkLauncher:
             self._zygote.close()
             self._zygote = None
 
-    def _factory(self) -> Zygote | None:
+    def _factory(self, rules: Mapping[str, Any]) -> Zygote | None:
         from kas.launch import zygote
 
         if self._zygote is None and not self._no_zygote and zygote.available():
             try:
-                self._zygote = zygote.Zygote()
+                self._zygote = zygote.Zygote(rules)
             except OSError:
                 self._no_zygote = True  # guards then start as their own interpreters
         return self._zygote

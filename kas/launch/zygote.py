@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Mapping
+from typing import Any
 
 from kas.errors import LaunchError
 from kas.launch.tree import GUARD_PROGRAM
@@ -25,15 +26,23 @@ from kas.launch.tree import GUARD_PROGRAM
 class Zygote:
     """The runner's end: start guards, wait for their ends."""
 
-    def __init__(self) -> None:
+    def __init__(self, rules: Mapping[str, Any] | None = None) -> None:
+        """``rules``: the guards' (a wave's tasks share them). Each spare puts the session group and
+        ``oom_score_adj`` ones on itself while it waits, and the zygote lowers its own session group
+        with them: its spares work in the background and must not take the CPU from the runner that
+        waits for a start."""
+        from kas.launch.guard import encode_rules
+
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        zygote = [str(GUARD_PROGRAM), "--zygote", str(theirs.fileno()), encode_rules(dict(rules or {}))]
         try:
             self.proc = subprocess.Popen(
-                [sys.executable, "-I", "-S", str(GUARD_PROGRAM), "--zygote", str(theirs.fileno())],
+                [sys.executable, "-I", "-S", *zygote],
                 pass_fds=(theirs.fileno(),),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
+                start_new_session=True,  # nor a Ctrl-C meant for the runner: it stops the tasks itself
             )
         finally:
             theirs.close()
