@@ -528,6 +528,9 @@ class Run:
         self.signals: list[int] = []
         self.released = False
         self.stopping = False
+        self.terminal = False  # the agent holds kas's terminal: keyboard stops are passed up to kas's job
+        self.tty = -1  # that terminal (the guard's own stdin is /dev/null once the agent runs)
+        self.owner = os.getppid()  # the kas that started this guard
         self.wake_r, self.wake_w = os.pipe()
         for fd in (self.wake_r, self.wake_w):
             os.set_blocking(fd, False)
@@ -545,6 +548,7 @@ class Run:
             signal.SIGUSR1,
             signal.SIGUSR2,
             signal.SIGCHLD,
+            signal.SIGCONT,
         ):
             signal.signal(sig, self.on_signal)
         signal.signal(signal.SIGTTOU, signal.SIG_IGN)
@@ -570,6 +574,7 @@ class Run:
         agent's environment where it is not the guard's own (a guard forked by the zygote).
         """
         out_r, out_w = os.pipe() if log else (-1, -1)
+        self.terminal = terminal
         environ = os.environ if env is None else env
         rules = self.guard.rules
         program = None if terminal or rules.affinity or rules.policy is not None else find(argv[0], environ)
@@ -672,7 +677,18 @@ class Run:
         return pid, (int(errno_text), name)
 
     def reap(self) -> bool:
-        """Collect ended children; False once the guard has no child left."""
+        """Collect ended children; False once the guard has no child left. On a terminal, an agent
+        stopped from the keyboard (Ctrl-Z) stops the job kas belongs to, as a shell expects."""
+        if self.terminal and self.guard.agent and self.status is None:
+            try:
+                pid, wstatus = os.waitpid(self.guard.agent, os.WNOHANG | os.WUNTRACED)
+            except ChildProcessError:
+                pid = 0
+            if pid and os.WIFSTOPPED(wstatus):
+                self.suspend()
+            elif pid:
+                code = os.waitstatus_to_exitcode(wstatus)
+                self.status = 128 - code if code < 0 else code
         while True:
             try:
                 pid, wstatus = os.waitpid(-1, os.WNOHANG)
@@ -684,10 +700,59 @@ class Run:
                 code = os.waitstatus_to_exitcode(wstatus)
                 self.status = 128 - code if code < 0 else code
 
+    def suspend(self) -> None:
+        """The agent stopped for its terminal (Ctrl-Z, or a read in the background): give the terminal
+        back to kas's job and stop that job, so the shell sees it stopped and shows its prompt. If the
+        job has the terminal by now (``fg`` came first), the agent gets it back and goes on instead."""
+        job = self.job()
+        if job is None:
+            return
+        try:
+            holder = os.tcgetpgrp(self.tty)
+        except OSError:
+            holder = None
+        if holder == job:
+            self.resume()
+            return
+        if holder == self.guard.agent:
+            try:
+                os.tcsetpgrp(self.tty, job)
+            except OSError:
+                pass
+        try:
+            os.killpg(job, signal.SIGTSTP)
+        except OSError:
+            pass
+
+    def resume(self) -> None:
+        """kas's job was continued (``fg`` or ``bg``; kas passes SIGCONT on): continue the agent, with
+        the terminal if the job has it (``fg``)."""
+        job = self.job()
+        try:
+            if job is not None and os.tcgetpgrp(self.tty) == job:
+                os.tcsetpgrp(self.tty, self.guard.agent)
+        except OSError:
+            pass
+        try:
+            os.killpg(self.guard.agent, signal.SIGCONT)
+        except OSError:
+            pass
+
+    def job(self) -> int | None:
+        """The process group of the kas that started this guard on its terminal (the shell's job)."""
+        try:
+            return os.getpgid(self.owner)
+        except OSError:
+            return None
+
     def handle_signals(self) -> None:
         while self.signals:
             sig = self.signals.pop(0)
             if sig == signal.SIGCHLD:
+                continue
+            if sig == signal.SIGCONT:
+                if self.terminal and self.guard.agent and self.status is None:
+                    self.resume()
                 continue
             if sig == signal.SIGUSR1:
                 self.released = True
@@ -890,7 +955,10 @@ def main(
             guard._oom(os.getpid(), guard.rules.oom)
         if not run.start(opts["argv"], opts["terminal"], opts["log"], env):
             return 127
-    # The guard holds nothing of the agent's I/O: a log pipe ends when the agent's tree closes it.
+    # The guard holds nothing of the agent's I/O: a log pipe ends when the agent's tree closes it. Only a
+    # terminal is kept, to hand it between the agent and kas's job (Ctrl-Z, fg).
+    if run.terminal:
+        run.tty = os.dup(0)
     null = os.open(os.devnull, os.O_RDWR)
     for fd in (0, 1, 2):
         os.dup2(null, fd)

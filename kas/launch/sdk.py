@@ -118,15 +118,42 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec; surv
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
-def reclaim_terminal(fd: int) -> None:
-    """Make kas's own group the terminal's foreground again once the agent is done."""
+def reclaim_terminal(fd: int, group: int | None = None) -> None:
+    """Make kas's own group (or ``group``) the terminal's foreground again once the agent is done."""
     previous = signal.signal(signal.SIGTTOU, signal.SIG_IGN)
     try:
-        os.tcsetpgrp(fd, os.getpgrp())
+        os.tcsetpgrp(fd, os.getpgrp() if group is None else group)
     except OSError:
         pass
     finally:
         signal.signal(signal.SIGTTOU, previous)
+
+
+def foreground_is(fd: int, group: int) -> bool:
+    try:
+        return os.tcgetpgrp(fd) == group
+    except OSError:
+        return False
+
+
+def wait_as_job(proc: subprocess.Popen[bytes], fd: int) -> int:
+    """Wait for an agent that holds kas's terminal with no guard between (macOS): kas is its parent and
+    does what the guard does on Linux. Stopped from the keyboard (Ctrl-Z), it stops kas's own job, so
+    the shell shows its prompt; continued (``fg``, ``bg``), kas continues it, with the terminal if the
+    job has it."""
+    while True:
+        _, wstatus = os.waitpid(proc.pid, os.WUNTRACED)
+        if not os.WIFSTOPPED(wstatus):
+            proc.returncode = os.waitstatus_to_exitcode(wstatus)
+            return exit_code(proc.returncode)
+        if not foreground_is(fd, os.getpgrp()):  # unless `fg` came first: then the agent just goes on
+            if foreground_is(fd, proc.pid):
+                reclaim_terminal(fd)
+            os.killpg(os.getpgrp(), signal.SIGTSTP)  # kas stops here until the shell continues its job
+        if foreground_is(fd, os.getpgrp()):
+            reclaim_terminal(fd, proc.pid)
+        with contextlib.suppress(OSError):
+            os.killpg(proc.pid, signal.SIGCONT)
 
 
 DRAIN = 1.0  # seconds to let the log catch up with an agent that has ended
@@ -365,8 +392,14 @@ class SdkLauncher:
             if started:  # a signal before the start is passed on right after it
                 send(signum)
 
+        def resumed(_signum: int, _frame: Any) -> None:
+            if started and guard is not None:  # after Ctrl-Z, `fg` or `bg`: the guard continues the agent
+                with contextlib.suppress(OSError):
+                    os.kill(started[0], signal.SIGCONT)
+
         # In place before the agent starts: a stop signal can never find kas without its forwarder.
         previous = {sig: signal.signal(sig, forward) for sig in STOP_SIGNALS}
+        previous[signal.SIGCONT] = signal.signal(signal.SIGCONT, resumed)
         try:
             try:
                 proc = popen(
@@ -406,7 +439,7 @@ class SdkLauncher:
                 stop_tree(agent, guard_ref, 2.0)
                 proc.wait()
                 raise
-            status = handle.wait()
+            status = wait_as_job(proc, terminal) if guard is None and terminal is not None else handle.wait()
             if stopped and guard is None:  # what the agent left of its group (a shell's background job)
                 stop_group(proc.pid, 2.0)
         finally:
