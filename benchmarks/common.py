@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import statistics
@@ -26,7 +27,10 @@ def private_env(tmp: Path) -> dict[str, str]:
 
 
 def temp_dir() -> Path:
-    return Path(tempfile.mkdtemp(prefix="kas-bench-"))
+    """A private scratch directory, removed when the benchmark exits."""
+    path = Path(tempfile.mkdtemp(prefix="kas-bench-"))
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
 
 
 def wall(

@@ -206,7 +206,7 @@ def _oom(pid: int, value: int, changed: set[str], kept: dict[str, str]) -> None:
         with open(path) as f:
             have = int(f.read())
         if have > value:
-            kept["oom"] = f"oom_score_adj stays {have} (lowering it needs CAP_SYS_RESOURCE)"
+            kept["oom"] = f"oom_score_adj stays {have} (kas only raises it: lowering needs CAP_SYS_RESOURCE)"
         elif have < value:
             with open(path, "w") as f:
                 f.write(str(value))

@@ -16,6 +16,7 @@ from kas.launch.tree import GuardRef
 from kas.probe import ProcFacts
 from kas.registry import Registry
 from kas.status import ORPHANED, PAUSED, RUNNING
+from kas.text import processes
 
 
 @dataclass
@@ -49,10 +50,11 @@ class AgentAudit:
     def summary(self) -> str:
         if self.raised:
             return "; ".join(f"pid {p.pid} ({p.name}): {', '.join(p.problems)}" for p in self.raised)
-        parts = [f"{len(self.procs)} process(es) hold the {self.profile} profile"]
+        parts = [f"{processes(len(self.procs))} hold the {self.profile} profile"]
         if self.lower:
             kept = sorted({note for p in self.lower for note in p.notes})
-            parts = [f"{len(self.procs)} process(es); kept lower than {self.profile} asks: {'; '.join(kept)}"]
+            lower = f"kept at a lower priority than {self.profile} asks: {'; '.join(kept)}"
+            parts = [f"{processes(len(self.procs))}; {lower}"]
         if self.escaped:
             shown = ", ".join(f"{p.pid} ({p.name}, AG {p.autogroup_nice})" for p in self.escaped)
             parts.append(f"own sessions: {shown}")

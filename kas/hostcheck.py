@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from kas import platform as host
 from kas.resolver import ResolvedProfile, uses_cgroup
+from kas.text import processes
 
 if TYPE_CHECKING:
     from kas.probe import ProcFacts
@@ -207,7 +208,12 @@ def verdict(facts: HostFacts, resolved: ResolvedProfile) -> Finding:
             return Finding("verdict", "ok", "agents' nice ranks them below the desktop")
         return Finding("verdict", "warn", 'no nice is applied; set profile = "interactive"')
     if not resolved.active or resolved.settings.nice == 0:
-        return Finding("verdict", "warn", 'no CPU priority is lowered; set profile = "interactive"')
+        return Finding(
+            "verdict",
+            "warn",
+            'no CPU priority is lowered; put profile = "interactive" under [resources] in '
+            ".kasmos/config.toml",
+        )
     if uses_cgroup(resolved, facts.user_manager):
         return Finding("verdict", "ok", "agents run in a low-weight systemd scope: holds against other apps")
     in_app_cgroup = facts.cgroup_version == 2 and facts.own_cgroup not in (None, "/")
@@ -239,5 +245,5 @@ def process_finding(pid: int, resolved: ResolvedProfile) -> tuple[Finding, list[
     expected = expected_facts(resolved, host.system(), autogroup_here(resolved))
     bad = compare(procs, expected)
     detail = "; ".join(f"pid {p.pid} ({p.name}): {', '.join(p.problems)}" for p in bad)
-    summary = detail or f"{len(procs)} process(es) match the {resolved.name} profile"
+    summary = detail or f"{processes(len(procs))} match the {resolved.name} profile"
     return Finding(f"pid {pid}", "fail" if bad else "ok", summary), procs

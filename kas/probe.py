@@ -288,7 +288,7 @@ def compare(facts: list[ProcFacts], expected: dict[str, Any]) -> list[ProcFacts]
             if got < want:
                 fact.problems.append(f"{key} is {got}, profile wants {want}")
             else:
-                fact.notes.append(f"{key} {got}: lower than the profile's {want}")
+                fact.notes.append(f"{key} {got}: a lower priority than the profile's {want}")
         if "ionice_class" in expected:
             want_rank = io_rank(expected["ionice_class"], expected.get("ionice_level"), expected.get("nice"))
             got_rank = io_rank(fact.ionice_class, fact.ionice_level, fact.nice)
@@ -298,13 +298,14 @@ def compare(facts: list[ProcFacts], expected: dict[str, Any]) -> list[ProcFacts]
             if got_rank is not None and want_rank is not None and got_rank < want_rank:
                 fact.problems.append(f"I/O {fact.io}, profile wants {wanted}")
             elif got_rank is not None and want_rank is not None and got_rank > want_rank:
-                fact.notes.append(f"I/O {fact.io}: lower than the profile's {wanted}")
+                fact.notes.append(f"I/O {fact.io}: a lower priority than the profile's {wanted}")
         want_policy = expected.get("policy")
         if want_policy and fact.policy in POLICY_RANK:
             if POLICY_RANK[fact.policy] < POLICY_RANK[want_policy]:
                 fact.problems.append(f"sched_policy is {fact.policy}, profile wants {want_policy}")
             elif POLICY_RANK[fact.policy] > POLICY_RANK[want_policy]:
-                fact.notes.append(f"sched_policy {fact.policy}: lower than the profile's {want_policy}")
+                lower = f"a lower priority than the profile's {want_policy}"
+                fact.notes.append(f"sched_policy {fact.policy}: {lower}")
         want_cpus = expected.get("cpus")
         if want_cpus and fact.cpus and set(fact.cpus) - set(want_cpus):
             extra = ", ".join(map(str, sorted(set(fact.cpus) - set(want_cpus))))

@@ -5,6 +5,7 @@ Real guards and agents; what the agent inherited is read back from its own /proc
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -122,7 +123,8 @@ def test_the_zygote_reports_what_cannot_start_and_replaces_a_killed_spare(tmp_pa
         spares = psutil.Process(factory.proc.pid).children()
         assert spares, "the zygote keeps spares waiting"
         for spare in spares:
-            spare.kill()
+            with contextlib.suppress(psutil.NoSuchProcess):  # a guard of the requests above, ending
+                spare.kill()
         agent, guard = ask(factory, ["sh", "-c", "exit 3"], str(tmp_path), "t3")
         assert agent != guard and factory.wait(guard) == 3
     finally:

@@ -42,7 +42,8 @@ def check(app: App, pid: int | None, as_json: bool) -> None:
     resolved = None
     try:
         resolved = app.resolve(quiet=True)
-        findings.append(Finding("config", "ok", app.config_label + f" (profile {resolved.name})"))
+        where = str(app.config.path) if app.config.path else "none found, so the built-in defaults"
+        findings.append(Finding("config", "ok", f"{where}: profile {resolved.name}"))
     except ConfigError as exc:
         findings.append(Finding("config", "fail", str(exc)))
     from kas.launch.modes import launcher_for

@@ -13,6 +13,7 @@ from kas.cli.options import Seconds, grace_option, json_option
 from kas.cli.output import safe, visible_width
 from kas.cli.selection import ALL_OPTION, find_instance, open_registry, select_instances
 from kas.errors import KasError
+from kas.text import processes
 
 if TYPE_CHECKING:
     from kas.cli.output import Output
@@ -191,7 +192,7 @@ def show(app: App, inst_id: str, as_json: bool) -> None:
         rows.append(("wave", f"{inst.wave_run} wave {inst.wave_index} task {inst.task_id}"))
     cost = view.telemetry
     if cost:
-        cpu = cost.get("cpu_percent")
+        cpu, procs = cost.get("cpu_percent"), cost.get("num_procs")
         rows.append(
             (
                 "cost (whole tree)",
@@ -200,7 +201,7 @@ def show(app: App, inst_id: str, as_json: bool) -> None:
                 f"({telemetry.size(cost.get('read_bytes_per_s'))}/s), "
                 f"written {telemetry.size(cost.get('write_bytes'))} "
                 f"({telemetry.size(cost.get('write_bytes_per_s'))}/s), "
-                f"{cost.get('num_procs', '-')} processes",
+                f"{processes(procs) if isinstance(procs, int) else '- processes'}",
             )
         )
     rows += [(f"setting {k}", shown(v)) for k, v in inst.settings.items()]
@@ -401,6 +402,7 @@ def prune(app: App, older_than: float | None, keep_logs: bool, as_json: bool) ->
     """Forget finished instances (exited, failed, cancelled, stopped, timed out, lost) and delete their logs.
 
     The registry and the state directory stay small. Tasks of a wave that is still running are kept.
+    A wave run whose tasks are pruned can no longer be resumed (kas wave run --resume).
     """
     from kas.instances import prune as prune_finished
 

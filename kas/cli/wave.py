@@ -52,14 +52,16 @@ def confirm_next(out: Output, yes: bool) -> Callable[[int], bool | None]:
 
 
 def _read_answer(out: Output, stream: Any, prompt: str) -> bool | None:
-    """A piped answer (scripts, tests); None at end of input, which means nobody can answer."""
-    out.line(f"{prompt} [Y/n]: ", err=out.as_json)
+    """A piped answer (scripts, tests); None at end of input, which means nobody can answer. The
+    question is shown with its answer, once there is one: a run with nothing to read (stdin is
+    /dev/null, as under CI) prints no question nobody could see answered."""
     try:
         line = stream.readline()
     except (OSError, ValueError):
         return None
     if not line:
         return None
+    out.line(f"{prompt} [Y/n]: {line.strip()}", err=out.as_json)
     return line.strip().lower() in ("", "y", "yes")
 
 
@@ -140,7 +142,8 @@ def run(
 
     \b
     Exit: 0 all tasks succeeded, 1 some failed, 2 plan/config error or a
-    confirmation nobody could give, 130 interrupted.
+    confirmation nobody could give, 130 interrupted (the first that applies
+    of 130, 1, 2).
     """
     from kas.cli.waveview import View, summary
     from kas.launch.modes import choose_mode

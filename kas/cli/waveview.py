@@ -8,7 +8,7 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 from kas.cli.output import Output, safe
-from kas.status import FINISHED, NOT_STARTED
+from kas.status import FINISHED, NOT_STARTED, STOPPED
 
 if TYPE_CHECKING:
     from kas.waves.runner import RunResult, WaveRunner
@@ -115,18 +115,23 @@ def summary(out: Output, result: RunResult) -> None:
             r.task.id,
             r.wave,
             out.status(r.label),
-            f"{r.elapsed:.1f}s",
+            f"{r.elapsed:.1f}s" if r.started is not None else "",  # a task that never ran took no time
             r.reason or "",
-            r.log if r.inst_id else "",
+            r.log if r.started is not None else "",
         )
         for r in result.tasks
     ]
     out.line()
     out.table(rows, ("TASK", "WAVE", "STATUS", "TIME", "NOTE", "LOG"))
     count = len(result.tasks)
-    if result.failed:
-        out.line(f"\nfailed: {', '.join(safe(r.task.id) for r in result.failed)}")
-    elif not result.interrupted and result.stopped_before is None:
+    # Stopped (an interrupt, `kas instance stop`) is not failed: the task did not get to finish.
+    for word, runs in (
+        ("failed", [r for r in result.failed if r.state != STOPPED]),
+        ("stopped", [r for r in result.failed if r.state == STOPPED]),
+    ):
+        if runs:
+            out.line(f"\n{word}: {', '.join(safe(r.task.id) for r in runs)}")
+    if not result.failed and not result.interrupted and result.stopped_before is None:
         out.line(f"\nall {count} task{'s' if count != 1 else ''} succeeded")
     skipped = sum(1 for r in result.tasks if r.state == NOT_STARTED)
     if skipped and result.stopped_before is not None:

@@ -56,7 +56,8 @@ def load_record(run_id: str) -> RunRecord:
         return RunRecord(**data)
     except FileNotFoundError:
         raise KasError(
-            f"no record of run {run_id}; `kas instance list --all` shows runs (pruned runs are gone)"
+            f"no record of run {run_id}; a run's id is in its summary's --resume hint and in "
+            "`kas instance list --all --json` (wave_run); a run whose tasks were pruned cannot be resumed"
         ) from None
     except (OSError, ValueError, TypeError) as exc:
         raise KasError(
