@@ -89,8 +89,14 @@ def refresh(registry: Registry, inst: Instance, *, probe_tree: bool | Literal["r
 
     if inst.status == PENDING:
         if inst.owner_pid and not probe.is_alive(inst.owner_pid, inst.owner_create_time):
-            return cancel(registry, inst)  # the runner that would have promoted it is gone
-        return LiveView(inst, PENDING)
+            # The runner that would have promoted it is gone; it may have died while the task's guard
+            # started it, before it could record that: the guard left its pids beside its rules.
+            started = recover_start(registry, inst)
+            if started is None:
+                return cancel(registry, inst)
+            inst = started
+        else:
+            return LiveView(inst, PENDING)
     if inst.status not in ACTIVE:
         return LiveView(inst, inst.status)
     if inst.status == STARTING and inst.pid is None:
@@ -161,9 +167,37 @@ def settle(registry: Registry, inst: Instance, status: int | None) -> LiveView:
 
 
 def cancel(registry: Registry, inst: Instance) -> LiveView:
-    """A pending task that will never start."""
-    inst.status, inst.ended_at = CANCELLED, lifecycle.mark_cancelled(registry, inst.id)
+    """A pending task that will never start; if its runner started it meanwhile, the row as it is now."""
+    ended = lifecycle.mark_cancelled(registry, inst.id)
+    if ended is None:
+        latest = registry.get(inst.id) or inst
+        return LiveView(latest, latest.status)
+    inst.status, inst.ended_at = CANCELLED, ended
     return LiveView(inst, CANCELLED)
+
+
+def recover_start(registry: Registry, inst: Instance) -> Instance | None:
+    """A pending task whose guard started it (``guards/ID.pid``: the agent's and the guard's pids) though
+    its runner never recorded it: recorded now, so that it can be seen and stopped; None if there is none.
+    The guard must still run and be the agent's parent: pids are reused."""
+    import psutil
+
+    from kas import probe
+    from kas.launch.tree import GuardRef, rules_path
+
+    try:
+        agent, guard = map(int, rules_path(inst.id).with_suffix(".pid").read_text().split())
+        if psutil.Process(agent).ppid() != guard:
+            return None
+    except (OSError, ValueError, psutil.Error):
+        return None
+    ref = GuardRef(guard, probe.create_time(guard))
+    created = probe.create_time(agent)
+    if ref.create_time is None or created is None:
+        return None
+    if not lifecycle.claim_start(registry, inst.id, agent, guard=ref, created=created):
+        return None
+    return registry.get(inst.id)
 
 
 def stop(registry: Registry, inst: Instance, grace: float = 5.0, *, keep_daemons: bool = False) -> LiveView:
@@ -174,7 +208,10 @@ def stop(registry: Registry, inst: Instance, grace: float = 5.0, *, keep_daemons
     A pending wave task is cancelled instead: it has no process, and its runner must not start it.
     """
     if inst.status == PENDING:
-        return cancel(registry, inst)
+        view = cancel(registry, inst)
+        if view.status != RUNNING:
+            return view
+        inst = view.inst  # its runner started it meanwhile: stopped as a running one
     view = refresh(registry, inst, probe_tree=False)
     if view.status not in (RUNNING, ORPHANED, PAUSED):
         return view
@@ -258,8 +295,12 @@ def prune(
     gone = registry.prune(prune_cutoff(older_than_hours), spare=running_wave)
     root = state_dir().resolve()
     files = 0
+    from kas.launch.tree import guards_dir
+
+    guards = guards_dir()
     for inst in gone:
         paths = handle(inst).discard()  # what the mode kept (a tmux window, its status record)
+        paths.append(guards / f"{inst.id}.lock")  # `kas profile apply`'s lock beside its rules
         if inst.log_path and not keep_logs:
             paths += [Path(inst.log_path), rotated(Path(inst.log_path))]
         for path in paths:

@@ -11,7 +11,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from kas.registry import Registry
-from kas.status import CANCELLED, EXITED, FAILED, LOST, RUNNING
+from kas.status import CANCELLED, EXITED, FAILED, LOST, PENDING, RUNNING
 
 if TYPE_CHECKING:
     from kas.launch.tree import GuardRef
@@ -42,6 +42,19 @@ def mark_running(
     return created, started
 
 
+def claim_start(
+    registry: Registry, inst_id: str, pid: int, *, guard: GuardRef | None, created: float | None, **extra: Any
+) -> bool:
+    """Record that a pending task's process started, unless the task was cancelled meanwhile (``kas
+    instance stop`` on a task whose start was on its way): False then, and the caller stops it."""
+    if guard is not None:
+        extra.update(guard_pid=guard.pid, guard_create_time=guard.create_time)
+    return registry.update(
+        inst_id, if_status=PENDING, status=RUNNING, pid=pid, pid_create_time=created, started_at=time.time(),
+        **extra,
+    )  # fmt: skip
+
+
 def mark_ended(registry: Registry, inst_id: str, status: str, exit_status: int | None = None) -> float:
     """Record how an instance ended (one of ``status.FINISHED``); returns the time it was recorded."""
     ended = time.time()
@@ -61,6 +74,9 @@ def mark_failed(registry: Registry, inst_id: str, **extra: Any) -> float:
     return ended
 
 
-def mark_cancelled(registry: Registry, inst_id: str) -> float:
-    """A pending task that will never start."""
-    return mark_ended(registry, inst_id, CANCELLED)
+def mark_cancelled(registry: Registry, inst_id: str) -> float | None:
+    """A pending task that will never start; None if it is not pending any more (its runner started it
+    meanwhile: it is then stopped as a running one)."""
+    ended = time.time()
+    done = registry.update(inst_id, if_status=PENDING, status=CANCELLED, ended_at=ended)
+    return ended if done else None

@@ -413,12 +413,19 @@ class Registry:
                         inst.id = new_id()
         raise RegistryError(f"{self.path}: could not find a free instance id")
 
-    def update(self, inst_id: str, **values: Any) -> None:
-        """Change some columns of one row atomically."""
+    def update(self, inst_id: str, *, if_status: str | None = None, **values: Any) -> bool:
+        """Change some columns of one row atomically; with ``if_status``, only while the row has that
+        status (two kas processes deciding a pending task's fate: one starts it, one cancels it).
+        Whether the row changed."""
         values = {key: _column(key, value) for key, value in values.items()}
         assignments = ", ".join(f"{k} = ?" for k in values)
+        where, params = "id = ?", [inst_id]
+        if if_status is not None:
+            where, params = "id = ? AND status = ?", [inst_id, if_status]
         with self._errors(), self.transaction() as conn:
-            conn.execute(f"UPDATE instances SET {assignments} WHERE id = ?", [*values.values(), inst_id])
+            sql = f"UPDATE instances SET {assignments} WHERE {where}"
+            cursor = conn.execute(sql, [*values.values(), *params])
+            return bool(cursor.rowcount)
 
     def get(self, inst_id: str) -> Instance | None:
         """Find by id, or by a unique id prefix or name, as typed; an unreadable row is an error.

@@ -24,9 +24,10 @@ from click.testing import CliRunner
 from kas.cli import main
 from kas.errors import LaunchError
 from kas.launch.guard import find
-from kas.launch.tree import guard_prefix, read_report, rules_path
+from kas.launch.tree import Report, guard_prefix, rules_path
 from kas.launch.zygote import Zygote
 from tests.conftest import KAS
+from tests.helpers import still_running
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the guard is Linux's")
 
@@ -104,32 +105,165 @@ def test_find_looks_on_the_agents_path_for_a_regular_executable(tmp_path: Path) 
     assert find("./x/y", {"PATH": ""}) == "./x/y"  # a path is not searched: posix_spawn says what is wrong
 
 
-def ask(factory: Zygote, argv: list[str], cwd: str, inst_id: str) -> tuple[int, int]:
+def ask(
+    factory: Zygote, argv: list[str], cwd: str, inst_id: str, env: dict[str, str] | None = None
+) -> Report:
     report_r, report_w = os.pipe()
     try:
-        factory.start(guard_prefix(rules_path(inst_id), RULES)[4:], argv, dict(os.environ), cwd, report_w)
+        options = guard_prefix(rules_path(inst_id), RULES)[4:]
+        factory.start(options, argv, {**os.environ, **(env or {})}, cwd, report_w)
     finally:
         os.close(report_w)
-    return read_report(report_r)
+    return Report(report_r)
 
 
 def test_the_zygote_reports_what_cannot_start_and_replaces_a_killed_spare(tmp_path: Path) -> None:
     factory = Zygote()
     try:
         with pytest.raises(LaunchError, match="command not found: no-such-command-kas"):
-            ask(factory, ["no-such-command-kas"], str(tmp_path), "t1")
+            ask(factory, ["no-such-command-kas"], str(tmp_path), "t1").started()
         with pytest.raises(LaunchError, match=r"cannot enter .*gone"):
-            ask(factory, ["true"], str(tmp_path / "gone"), "t2")
+            ask(factory, ["true"], str(tmp_path / "gone"), "t2").started()
         spares = psutil.Process(factory.proc.pid).children()
         assert spares, "the zygote keeps spares waiting"
         for spare in spares:
             with contextlib.suppress(psutil.NoSuchProcess):  # a guard of the requests above, ending
                 spare.kill()
-        agent, guard = ask(factory, ["sh", "-c", "exit 3"], str(tmp_path), "t3")
-        assert agent != guard and factory.wait(guard) == 3
+        report = ask(factory, ["sh", "-c", "exit 3"], str(tmp_path), "t3")
+        agent, guard = report.started()
+        assert agent != guard and report.ended() == 3  # the status comes from the guard, not the zygote
+        # A request larger than a socket message holds (about 200 KiB) travels in a memory file.
+        env = {"BIG1": "x" * 110_000, "BIG2": "y" * 110_000}  # each below the kernel's 128 KiB a string
+        big = ask(factory, ["sh", "-c", 'exit "${#BIG2}"'], str(tmp_path), "t4", env)
+        big.started()
+        assert big.ended() == 110_000 % 256
     finally:
         factory.close()
         factory.proc.wait(timeout=10)
+
+
+def test_a_request_nobody_waits_for_any_more_starts_nothing(tmp_path: Path) -> None:
+    """A runner that gave up on a start (it died, timed out, was interrupted) closed its end of the report
+    pipe: a guard that takes the request only then starts nothing."""
+    factory = Zygote()
+    marker = tmp_path / "ran"
+    try:
+        spares = psutil.Process(factory.proc.pid).children()
+        for spare in spares:
+            spare.suspend()
+        ask(factory, ["touch", str(marker)], str(tmp_path), "t5").close()
+        for spare in spares:
+            spare.resume()
+        check = ask(factory, ["sh", "-c", "exit 4"], str(tmp_path), "t6")  # taken after the first
+        check.started()
+        assert check.ended() == 4
+        assert not marker.exists()
+    finally:
+        factory.close()
+        factory.proc.wait(timeout=10)
+
+
+def test_a_wave_goes_on_when_its_guard_factory_is_killed(project: Path) -> None:
+    """Each task's status comes from its own guard, and a new zygote replaces one that is gone."""
+    tasks = "".join(
+        f'[[waves.tasks]]\nid = "t{i}"\ncommand = ["sh", "-c", "sleep 1; exit {i}"]\n' for i in range(4)
+    )
+    (project / "plan.toml").write_text(
+        f'name = "z"\n[resources]\nmax_parallel_wave_tasks = 2\n[[waves]]\n{tasks}'
+    )
+    proc = subprocess.Popen(
+        [KAS, "wave", "run", "--yes", "--json", "plan.toml"], cwd=project, stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None
+    while '"task_promoted"' not in proc.stdout.readline():
+        pass
+    zygotes = [p for p in psutil.Process(proc.pid).children() if "--zygote" in p.cmdline()]
+    assert len(zygotes) == 1
+    zygotes[0].kill()
+    rest, _ = proc.communicate(timeout=60)
+    statuses = {
+        e["task"]: e["exit_status"]
+        for e in map(json.loads, rest.splitlines())
+        if e["event"] == "task_finished"
+    }
+    assert statuses == {"t0": 0, "t1": 1, "t2": 2, "t3": 3}
+
+
+def test_pending_tasks_are_claimed_or_cancelled_never_both(project: Path) -> None:
+    """`kas instance stop` on a pending task and its runner's start decide its fate in one place: the
+    registry row changes only while it is pending, so one of the two wins."""
+    from kas import lifecycle
+    from kas.registry import Instance, Registry
+    from kas.status import PENDING
+
+    registry = Registry()
+    try:
+        rows = registry.insert_many(
+            [Instance(id=name, name=name, mode="sdk", status=PENDING, cwd=str(project), argv=["true"],
+                      wrapped_argv=["true"], resource_profile="normal", settings={}, env={})
+             for name in ("a1", "b1")]
+        )  # fmt: skip
+        assert lifecycle.mark_cancelled(registry, rows[0].id) is not None
+        assert not lifecycle.claim_start(registry, rows[0].id, os.getpid(), guard=None, created=1.0)
+        assert lifecycle.claim_start(registry, rows[1].id, os.getpid(), guard=None, created=1.0)
+        assert lifecycle.mark_cancelled(registry, rows[1].id) is None
+        assert [registry.get(r.id).status for r in rows] == ["cancelled", "running"]  # type: ignore[union-attr]
+    finally:
+        registry.close()
+
+
+def test_stopping_tasks_while_they_start_leaves_nothing_running(project: Path) -> None:
+    """`kas instance stop` on every task while a wave of 30 starts them all at once: each ends cancelled
+    or stopped, and no agent outlives it."""
+    marker = "3" + str(os.getpid())
+    tasks = "".join(f'[[waves.tasks]]\nid = "t{i}"\ncommand = ["sleep", "{marker}"]\n' for i in range(30))
+    (project / "plan.toml").write_text(
+        f'name = "s"\n[resources]\nmax_parallel_wave_tasks = 0\n[[waves]]\n{tasks}'
+    )
+    proc = subprocess.Popen(
+        [KAS, "wave", "run", "--yes", "--json", "plan.toml"], cwd=project, stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None
+    while '"wave_started"' not in proc.stdout.readline():
+        pass
+    listed = subprocess.run([KAS, "instance", "list", "--json"], cwd=project, capture_output=True, text=True)
+    ids = [row["id"] for row in json.loads(listed.stdout)]
+    subprocess.run([KAS, "instance", "stop", *ids], cwd=project, capture_output=True, timeout=60)
+    rest, _ = proc.communicate(timeout=60)
+    ends = {
+        e["task"]: e["event"]
+        for e in map(json.loads, rest.splitlines())
+        if e["event"] in ("task_finished", "task_cancelled")
+    }
+    assert len(ends) == 30
+    time.sleep(0.5)
+    survivors = [p.pid for p in psutil.process_iter(["cmdline"]) if p.info["cmdline"] == ["sleep", marker]]
+    assert survivors == []
+
+
+def test_a_runner_killed_while_its_tasks_start_leaves_them_in_kas_hands(project: Path) -> None:
+    """SIGKILL to the runner while eight tasks start: every agent that started is listed (orphaned) and
+    `kas instance stop --all` ends it; nothing runs on unseen."""
+    marker = "4" + str(os.getpid())
+    tasks = "".join(f'[[waves.tasks]]\nid = "t{i}"\ncommand = ["sleep", "{marker}"]\n' for i in range(8))
+    (project / "plan.toml").write_text(
+        f'name = "k"\n[resources]\nmax_parallel_wave_tasks = 8\n[[waves]]\n{tasks}'
+    )
+    proc = subprocess.Popen(
+        [KAS, "wave", "run", "--yes", "--json", "plan.toml"], cwd=project, stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None
+    while '"task_promoted"' not in proc.stdout.readline():
+        pass
+    proc.kill()
+    proc.wait()
+    time.sleep(1.0)  # every start on its way has happened or been given up
+    listed = subprocess.run([KAS, "instance", "list", "--json"], cwd=project, capture_output=True, text=True)
+    running = {row["pid"] for row in json.loads(listed.stdout)}
+    agents = {p.pid for p in psutil.process_iter(["cmdline"]) if p.info["cmdline"] == ["sleep", marker]}
+    assert agents and agents <= running  # each agent that runs is one kas lists
+    subprocess.run([KAS, "instance", "stop", "--all"], cwd=project, capture_output=True, timeout=60)
+    assert still_running(sorted(agents)) == []
 
 
 def test_the_guard_writes_its_rules_file_and_keeps_an_apply_that_came_first(

@@ -118,6 +118,9 @@ def test_prune_deletes_the_files_of_pruned_rows_and_nothing_else(
     log = Path(ran.log_path or "")
     assert "secret" in log.read_text()
     files = [log] + ([state(project) / "status" / ran.id] if mode == "tmux" else [])
+    lock = state(project) / "guards" / f"{ran.id}.lock"  # what `kas profile apply` leaves beside the rules
+    lock.write_text("")
+    files.append(lock)
     assert all(f.exists() for f in files)
     registry = Registry()
     outside = tmp_path / "mine.log"  # a row naming a file outside the state dir never costs the user it

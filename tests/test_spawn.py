@@ -134,6 +134,8 @@ def test_missing_command_is_a_clear_error(kas, interactive, tmux_socket: str) ->
     for args in (["--detach"], [], ["--mode", "tmux"]):
         result = kas("spawn", *args, "--", "definitely-not-a-command-kas")
         assert_user_error(result, "command not found: definitely-not-a-command-kas")
+    (Path.cwd() / "adir").mkdir()
+    assert_user_error(kas("spawn", "--", "./adir"), "cannot run ./adir: it is a directory")
     assert list_json(kas) == []
 
 

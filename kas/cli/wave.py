@@ -45,7 +45,11 @@ def confirm_next(out: Output, yes: bool) -> Callable[[int], bool | None]:
             return None
         prompt = f"Start wave {index}?"
         if interactive:
-            return bool(click.confirm(prompt, default=True, err=out.as_json))
+            try:
+                return bool(click.confirm(prompt, default=True, err=out.as_json))
+            except click.Abort:  # Ctrl-D at the prompt: a no
+                out.line("", err=out.as_json)
+                return False
         return _read_answer(out, stream, prompt)
 
     return ask

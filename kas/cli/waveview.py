@@ -8,7 +8,7 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 from kas.cli.output import Output, safe
-from kas.status import FINISHED, NOT_STARTED, STOPPED
+from kas.status import CANCELLED, FINISHED, NOT_STARTED, STOPPED
 
 if TYPE_CHECKING:
     from kas.waves.runner import RunResult, WaveRunner
@@ -132,7 +132,11 @@ def summary(out: Output, result: RunResult) -> None:
         if runs:
             out.line(f"\n{word}: {', '.join(safe(r.task.id) for r in runs)}")
     if not result.failed and not result.interrupted and result.stopped_before is None:
-        out.line(f"\nall {count} task{'s' if count != 1 else ''} succeeded")
+        cancelled = sum(1 for r in result.tasks if r.state == CANCELLED)  # by `kas instance stop`
+        if cancelled:
+            out.line(f"\n{count - cancelled} of {count} tasks succeeded, {cancelled} cancelled")
+        else:
+            out.line(f"\nall {count} task{'s' if count != 1 else ''} succeeded")
     skipped = sum(1 for r in result.tasks if r.state == NOT_STARTED)
     if skipped and result.stopped_before is not None:
         plural = "s" if skipped != 1 else ""

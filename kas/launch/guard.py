@@ -555,10 +555,36 @@ class Run:
         signal.signal(signal.SIGTTIN, signal.SIG_IGN)
         signal.signal(signal.SIGPIPE, signal.SIG_IGN)
 
-    def report(self, text: str) -> None:
+    def report(self, text: str) -> bool:
+        """Name the agent (or the error) to whoever started the guard; False if nobody reads any more.
+        The pipe stays open for ``tell_end`` (a wave's runner reads the agent's status there)."""
+        if self.report_fd is None:
+            return True
+        try:
+            os.write(self.report_fd, text.encode() + b"\n")
+            return True
+        except OSError:
+            self.close_report()
+            return False
+
+    def reader_gone(self) -> bool:
+        """Whoever asked for this agent stopped waiting for it (it died, gave up, or was interrupted)."""
+        if self.report_fd is None:
+            return False
+        poll = select.poll()
+        poll.register(self.report_fd, select.POLLOUT)
+        return any(events & select.POLLERR for _fd, events in poll.poll(0))
+
+    def tell_end(self) -> None:
+        """The agent's status, once its tree is gone and its output is in the log: a wave's runner takes
+        it from here (a launcher that read only the first line has closed the pipe: nothing is sent)."""
+        if self.report_fd is not None and not self.reader_gone():
+            self.report("exit " + ("lost" if self.status is None else str(self.status)))
+        self.close_report()
+
+    def close_report(self) -> None:
         if self.report_fd is not None:
             try:
-                os.write(self.report_fd, text.encode() + b"\n")
                 os.close(self.report_fd)
             except OSError:
                 pass
@@ -573,6 +599,8 @@ class Run:
         bounded log (``kas.logfile``), so a detached agent needs no other kas process. ``env`` is the
         agent's environment where it is not the guard's own (a guard forked by the zygote).
         """
+        if self.reader_gone():  # a request that waited while its runner went away: start nothing
+            return False
         out_r, out_w = os.pipe() if log else (-1, -1)
         self.terminal = terminal
         environ = os.environ if env is None else env
@@ -599,9 +627,13 @@ class Run:
             return False
         self.guard.agent = pid
         self.guard.settled = time.monotonic() + 1.0
-        self.report(f"pid {pid} {os.getpid()}")
+        if not self.report(f"pid {pid} {os.getpid()}"):  # nobody will ever know of this agent: end it
+            self.kill_all()
+            return False
         if self.reported is not None:
             self.reported()
+        if self.guard.rules_file:  # found by `kas instance list` if the runner dies before it records it
+            publish_start(self.guard.rules_file, pid)
         if log:
             self.log = logfile().RotatingLog(log)
         st = read_stat(pid)
@@ -865,6 +897,24 @@ class Run:
             next_look = now + 0.05  # the leftovers' end is looked for more often
 
 
+def start_file(rules_file: str) -> str:
+    """Beside the rules: the agent's and the guard's pids, while the guard runs (``guards/ID.pid``)."""
+    return rules_file.removesuffix(".json") + ".pid"
+
+
+def publish_start(rules_file: str, agent: int) -> None:
+    path = start_file(rules_file)
+    try:
+        fd = os.open(path + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, f"{agent} {os.getpid()}\n".encode())
+        finally:
+            os.close(fd)
+        os.replace(path + ".tmp", path)
+    except OSError:
+        pass
+
+
 def encode_rules(rules: dict[str, Any]) -> str:
     """Rules for the command line: ``nice=10,ioclass=2,affinity=1:2`` (None: empty)."""
     parts = []
@@ -969,10 +1019,11 @@ def main(
         status = run.loop()
     finally:
         if guard.rules_file:
-            try:
-                os.unlink(guard.rules_file)
-            except OSError:
-                pass
+            for path in (guard.rules_file, start_file(guard.rules_file)):
+                try:
+                    os.unlink(path)
+                except OSError:
+                    pass
         if run.telemetry is not None:
             run.telemetry.remove()
     # Released daemons (stop --keep-daemons) may still write to the log pipe: its only reader stays, after
@@ -980,6 +1031,7 @@ def main(
     # and a second is plenty for the last output.
     if not run.released:
         run.drain(1.0)
+    run.tell_end()
     recorded = record(opts, run.status)
     if run.released:
         run.drain(None)
@@ -1021,13 +1073,13 @@ def zygote(sock_fd: int, rules: Rules) -> int:
     would otherwise pay a new interpreter's 18 ms at every promotion.
 
     One ``SOCK_SEQPACKET`` message per request: JSON with the guard's options, the agent's argv,
-    environment and directory, carrying the guard's report pipe (where the guard names itself with its
-    agent); ``exit PID STATUS`` is sent back when a guard ends. ``SPARES`` guards (``_spare``) are forked
-    ahead and wait for requests themselves, so a start pays no fork; the zygote forks a new one once a
-    spare has started its agent (a fork meanwhile would slow that start down), and passes on every exit
-    status (guards are its children, not the runner's). When the runner closes its end the zygote starts
-    nothing more and leaves once its guards have ended (guards whose runner died go on, as any agent
-    does: kas lists them as orphaned).
+    environment and directory (or ``memfd`` and a memory file holding it, when larger), carrying the
+    task's report pipe, where the guard names itself with its agent and later tells the agent's status.
+    ``SPARES`` guards (``_spare``) are forked ahead and wait for requests themselves, so a start pays no
+    fork; the zygote forks a new one once a spare has started its agent (a fork meanwhile would slow that
+    start down), and reaps its guards. A guard whose runner stopped waiting before it took the request
+    starts nothing. When the runner closes its end the zygote starts nothing more and leaves once its
+    guards have ended (guards whose runner died go on, as any agent does: kas lists them as orphaned).
     """
     import json  # noqa: F401 - every guard reads requests and writes rules and figures with it
     import socket
@@ -1085,7 +1137,7 @@ def zygote(sock_fd: int, rules: Rules) -> int:
         news()
         while children:
             try:
-                pid, wstatus = os.waitpid(-1, os.WNOHANG)
+                pid, _status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
                 children.clear()
                 break
@@ -1093,11 +1145,6 @@ def zygote(sock_fd: int, rules: Rules) -> int:
                 break
             children.discard(pid)
             spares.discard(pid)  # a spare that ended without a request (the runner's end, or killed)
-            code = os.waitstatus_to_exitcode(wstatus)
-            try:  # every end: a guard killed before it said so is still waited for by the runner
-                sock.send(f"exit {pid} {128 - code if code < 0 else code}".encode())
-            except OSError:
-                pass
     return 0
 
 
@@ -1119,7 +1166,7 @@ def _spare(sock: Any, inherited: tuple[int, ...], took_w: int, rules: Rules) -> 
         waited = _await_request(sock)
         me = os.getpid()
         if waited is None:
-            os.write(took_w, f"eof {me}\n".encode())
+            _tell_zygote(took_w, f"eof {me}")
             return
         message, fds, seen = waited
         told: list[bool] = []
@@ -1127,7 +1174,7 @@ def _spare(sock: Any, inherited: tuple[int, ...], took_w: int, rules: Rules) -> 
         def tell() -> None:  # once the agent runs: the zygote's next fork would slow its start down
             if not told:
                 told.append(True)
-                os.write(took_w, f"took {me}\n".encode())
+                _tell_zygote(took_w, f"took {me}")
                 os.close(took_w)
                 sock.close()
 
@@ -1138,10 +1185,18 @@ def _spare(sock: Any, inherited: tuple[int, ...], took_w: int, rules: Rules) -> 
         os._exit(code)
 
 
+def _tell_zygote(pipe: int, news: str) -> None:
+    """A spare outlives a zygote that was killed (it needs none to guard: its runner reads the agent's
+    status from the report pipe), and then tells nobody."""
+    try:
+        os.write(pipe, news.encode() + b"\n")
+    except OSError:
+        pass
+
+
 def _await_request(sock: Any) -> tuple[bytes, list[int], set[int]] | None:
     """The next request, with the processes there were just before it; None once the runner closed its
-    end or the zygote is gone (nobody would pass on this guard's end)."""
-    zygote_pid = os.getppid()
+    end (or went away)."""
     seen = pids()
     _rehearse(seen)
     while True:
@@ -1149,8 +1204,6 @@ def _await_request(sock: Any) -> tuple[bytes, list[int], set[int]] | None:
             ready = select.select([sock.fileno()], [], [], 1.0)[0]
         except InterruptedError:
             continue
-        if os.getppid() != zygote_pid:
-            return None
         if not ready:
             seen = pids()
             continue
@@ -1190,8 +1243,12 @@ def _become_guard(message: bytes, fds: list[int], seen: set[int], reported: Any)
     main, which finds the session and ``oom_score_adj`` lowered when the rules are the zygote's."""
     import json
 
+    report, *memory = fds
+    if message == b"memfd" and memory:  # too large for a socket message: it came in a memory file
+        message = os.pread(memory[0], os.fstat(memory[0]).st_size, 0)
+    for fd in memory:
+        os.close(fd)
     request = json.loads(message)
-    (report,) = fds
     try:
         os.chdir(request["cwd"])
     except OSError as exc:

@@ -42,6 +42,8 @@ def ensure_command(argv: Sequence[str], cwd: Path, env: Mapping[str, str]) -> No
     name = argv[0]
     if "/" in name:
         target = cwd / name
+        if target.is_dir():
+            raise LaunchError(f"cannot run {name}: it is a directory")
         if not target.is_file():
             raise LaunchError(f"command not found: {name} (in {cwd})")
         if not os.access(target, os.X_OK):

@@ -25,10 +25,10 @@ from kas.launch.groups import STOP_SIGNALS, exit_code, signal_group, stop_group
 from kas.launch.session import lower_group
 from kas.launch.tree import (
     GuardRef,
+    Report,
     guard_prefix,
     guarded,
     guards_dir,
-    read_report,
     rules_path,
     signal_tree,
     stop_tree,
@@ -168,33 +168,32 @@ class SdkHandle:
         create_time: float | None = None,
         proc: subprocess.Popen[bytes] | None = None,
         guard: GuardRef | None = None,
-        zygote: Zygote | None = None,
+        report: Report | None = None,
     ) -> None:
         self.pid: int | None = pid
         self.target: str | None = None
         self.create_time = create_time
         self.proc = proc  # our child: the guard, or the agent itself where there is no guard
         self.guard = guard
-        self.zygote = zygote  # the guard's parent, where a zygote started it: it tells the guard's end
+        # A guard from the zygote names the agent on this pipe, and later tells its status there.
+        self.report = report
         self.pump: threading.Event | None = None  # set once its output is all in the log
-        self.report: int | None = None  # the pipe on which a guard still starting will name the agent
 
     def ready(self) -> None:
         """Wait until the agent runs: a guard from the zygote names itself and the agent on its report
         pipe (until then ``pid`` is None). ``LaunchError`` if it could not start."""
-        if self.report is None:
+        if self.report is None or self.pid is not None:
             return
-        report, self.report = self.report, None
         from kas.probe import create_time
 
-        agent, guard = read_report(report)
+        agent, guard = self.report.started()
         self.create_time = create_time(agent)
         self.guard = GuardRef(guard, create_time(guard))
         self.pid = agent
 
     def wait(self) -> int | None:
-        if self.zygote is not None and self.guard is not None:
-            return self._outlived_guard(self.zygote.wait(self.guard.pid))
+        if self.report is not None:
+            return self._outlived_guard(self.report.ended())
         if self.proc is not None:
             status: int | None = exit_code(self.proc.wait())
             if self.guard is not None and self.pid:
@@ -222,9 +221,10 @@ class SdkHandle:
         return None
 
     def poll(self) -> Poll:
-        if self.zygote is not None and self.guard is not None:
-            ended = self.zygote.poll(self.guard.pid)
-            return Poll(ended is None, ended)
+        if self.report is not None:
+            if self.report.status is None and not self.report.ready():
+                return Poll(True)
+            return Poll(False, self.report.ended())
         if self.proc is not None:
             code = self.proc.poll()
             return Poll(code is None, None if code is None else exit_code(code))
@@ -235,7 +235,7 @@ class SdkHandle:
     def signal(self, sig: int) -> bool:
         """Our own child's group is signalled even after the leader ended (what it left behind); an
         agent found again by pid only while the kernel still shows that very process."""
-        if not self.pid or (self.proc is None and self.zygote is None and not self.poll().running):
+        if not self.pid or (self.proc is None and self.report is None and not self.poll().running):
             return False
         if self.guard is not None:
             return signal_tree(self.pid, self.guard, sig)
@@ -244,7 +244,7 @@ class SdkHandle:
     def stop(self, grace: float) -> int | None:
         if self.pid and self.poll().running:
             stop_tree(self.pid, self.guard, grace)
-        if self.zygote is not None:
+        if self.report is not None:
             return self.wait()
         if self.proc is not None:
             return exit_code(self.proc.wait())
@@ -344,7 +344,9 @@ class SdkLauncher:
 
     def _start_forked(self, spec: LaunchSpec, factory: Zygote) -> SdkHandle:
         """Ask the zygote for a guard, which writes the agent's output to its log itself; ``ready`` on
-        the handle waits for the agent."""
+        the handle waits for the agent. A zygote that is gone is replaced once."""
+        from kas.launch.zygote import FactoryGone
+
         assert spec.guard is not None
         if self._guards is None:
             self._guards = guards_dir()
@@ -352,15 +354,21 @@ class SdkLauncher:
         options += ["--log", str(spec.log)] if spec.log else []
         report_r, report_w = os.pipe()
         try:
-            factory.start(options, spec.prepared.argv, spec.env, str(spec.cwd), report_w)
-        except LaunchError:
+            try:
+                factory.start(options, spec.prepared.argv, spec.env, str(spec.cwd), report_w)
+            except FactoryGone:
+                self._zygote, gone = None, factory
+                gone.discard()
+                replacement = self._factory(spec.guard)
+                if replacement is None:
+                    raise
+                replacement.start(options, spec.prepared.argv, spec.env, str(spec.cwd), report_w)
+        except BaseException:  # a LaunchError, or Ctrl-C while the request waited for the zygote
             os.close(report_r)
             raise
         finally:
             os.close(report_w)
-        handle = SdkHandle(None, zygote=factory)
-        handle.report = report_r
-        return handle
+        return SdkHandle(None, report=Report(report_r))
 
     def row_fields(self) -> dict[str, str | None]:
         return {}

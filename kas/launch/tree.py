@@ -118,29 +118,95 @@ def guard_prefix(rules_file: Path, rules: Mapping[str, Any]) -> list[str]:
     ]  # fmt: skip
 
 
-def read_report(fd: int, timeout: float = REPORT_TIMEOUT) -> tuple[int, int]:
-    """The guard's first line: ``pid AGENT GUARD`` once the agent runs, as ``(agent, guard)``; or
-    ``error TEXT`` (a ``LaunchError``)."""
-    import select
+class Report:
+    """A guard's report pipe, read a line at a time: first ``pid AGENT GUARD`` (or ``error TEXT``), and,
+    for a wave's task, ``exit N`` (or ``exit lost``) once the agent's tree is gone. A task's waiter and
+    a thread that stops it may both ask for its end: one reads at a time, and both get the same answer."""
 
-    data = b""
-    deadline = time.monotonic() + timeout
-    try:
-        while not data.endswith(b"\n"):
-            left = deadline - time.monotonic()
-            if left <= 0 or not select.select([fd], [], [], left)[0]:
-                raise LaunchError("the agent's guard did not start it in time")
-            chunk = os.read(fd, 4096)
+    def __init__(self, fd: int) -> None:
+        import threading
+
+        self.fd: int | None = fd
+        self.buffer = b""
+        self.lock = threading.RLock()
+        self.status: tuple[int | None] | None = None  # the end, once read
+
+    def line(self, timeout: float | None) -> str | None:
+        """The next line; None at end of file (the guard ended without one). ``TimeoutError`` after
+        ``timeout`` seconds (None: no limit)."""
+        with self.lock:
+            return self._line(timeout)
+
+    def _line(self, timeout: float | None) -> str | None:
+        import select
+
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while b"\n" not in self.buffer:
+            if self.fd is None:
+                return None
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and (left <= 0 or not select.select([self.fd], [], [], left)[0]):
+                raise TimeoutError
+            chunk = os.read(self.fd, 4096)
             if not chunk:
-                break
-            data += chunk
+                self.close()
+                return None
+            self.buffer += chunk
+        line, _, self.buffer = self.buffer.partition(b"\n")
+        return line.decode(errors="replace").strip()
+
+    def ready(self) -> bool:
+        """Whether ``line`` would answer at once (not while another thread waits on the pipe: then it
+        has no line yet)."""
+        import select
+
+        if not self.lock.acquire(blocking=False):
+            return False
+        try:
+            return b"\n" in self.buffer or self.fd is None or bool(select.select([self.fd], [], [], 0)[0])
+        finally:
+            self.lock.release()
+
+    def started(self, timeout: float = REPORT_TIMEOUT) -> tuple[int, int]:
+        """``(agent, guard)`` once the agent runs; a ``LaunchError`` with the guard's reason if not (and
+        the pipe is closed: a guard that takes the request later sees nobody waits and starts nothing)."""
+        try:
+            line = self.line(timeout)
+        except TimeoutError:
+            self.close()
+            raise LaunchError("the agent's guard did not start it in time") from None
+        words = (line or "").split()
+        if words[0:1] == ["pid"] and len(words) == 3 and words[1].isdigit() and words[2].isdigit():
+            return int(words[1]), int(words[2])
+        self.close()
+        raise LaunchError((line or "").removeprefix("error ") or "the agent's guard ended before starting it")
+
+    def ended(self) -> int | None:
+        """The agent's exit status (128 + N for a signal); None if it could not be seen (the guard was
+        killed, or lost the agent)."""
+        with self.lock:
+            if self.status is None:
+                line = self._line(None)
+                self.close()
+                word = (line or "").removeprefix("exit ")
+                self.status = (int(word) if line and line.startswith("exit ") and word.isdigit() else None,)
+            return self.status[0]
+
+    def close(self) -> None:
+        with self.lock:
+            if self.fd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(self.fd)
+                self.fd = None
+
+
+def read_report(fd: int, timeout: float = REPORT_TIMEOUT) -> tuple[int, int]:
+    """The guard's first line, then the pipe is closed: ``(agent, guard)``, or a ``LaunchError``."""
+    report = Report(fd)
+    try:
+        return report.started(timeout)
     finally:
-        os.close(fd)
-    line = data.decode(errors="replace").strip()
-    words = line.split()
-    if words[0:1] == ["pid"] and len(words) == 3 and words[1].isdigit() and words[2].isdigit():
-        return int(words[1]), int(words[2])
-    raise LaunchError(line.removeprefix("error ") or "the agent's guard ended before starting it")
+        report.close()
 
 
 def descendants(root: int) -> list[int]:

@@ -2,16 +2,17 @@
 
 Starting a guard as a new interpreter costs about 18 ms, and a wave runner waits for each guard to name
 its agent before it reports the task started: a wave of short tasks would pay it at every promotion. The
-zygote (``guard.py --zygote``) keeps a forked guard waiting for the next request, so a start costs only
-the guard's own work. A request is sent and not waited for: the guard names itself and its agent on the
-report pipe (``pid AGENT GUARD``), and the zygote sends the guard's exit status when it ends, since the
-guard is its child, not the runner's.
+zygote (``guard.py --zygote``) keeps guards forked ahead, each waiting for a request, so a start costs
+only the guard's own work. A request is sent and not waited for: the guard names itself and its agent on
+the task's report pipe (``pid AGENT GUARD``), and later the agent's status (``exit N``), so nothing of a
+task depends on the zygote once its guard runs.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -22,9 +23,16 @@ from typing import Any
 from kas.errors import LaunchError
 from kas.launch.tree import GUARD_PROGRAM
 
+SEND_TIMEOUT = 5.0  # a zygote whose guards take no request for this long is taken as broken (and replaced)
+INLINE = 32 * 1024  # a larger request travels in a memory file: a socket message holds about 200 KiB
+
+
+class FactoryGone(LaunchError):
+    """The zygote ended or stopped taking requests: the launcher starts another one."""
+
 
 class Zygote:
-    """The runner's end: start guards, wait for their ends."""
+    """The runner's end: ask for guards."""
 
     def __init__(self, rules: Mapping[str, Any] | None = None) -> None:
         """``rules``: the guards' (a wave's tasks share them). Each spare puts the session group and
@@ -46,61 +54,44 @@ class Zygote:
             )
         finally:
             theirs.close()
+        ours.settimeout(SEND_TIMEOUT)
         self.sock = ours
         self.lock = threading.Lock()  # one request at a time
-        self.changed = threading.Condition()
-        self.exits: dict[int, int] = {}
-        self.closed = False
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        while True:
-            try:
-                message = self.sock.recv(256).decode()
-            except OSError:
-                message = ""
-            with self.changed:
-                if not message:
-                    self.closed = True
-                    self.changed.notify_all()
-                    return
-                kind, *numbers = message.split()
-                if kind == "exit":
-                    self.exits[int(numbers[0])] = int(numbers[1])
-                self.changed.notify_all()
 
     def start(
         self, options: list[str], argv: list[str], env: Mapping[str, str], cwd: str, report: int
     ) -> None:
         """Ask for a guard of ``argv``, without waiting: ``report`` is the pipe on which the guard will
-        name itself and the agent (``tree.read_report``); the agent's output goes where ``options`` say
-        (``--log``, or nowhere)."""
+        name itself and the agent (``tree.Report``); the agent's output goes where ``options`` say
+        (``--log``, or nowhere). ``FactoryGone`` if the zygote does not take it."""
         request = json.dumps({"options": options, "argv": argv, "env": dict(env), "cwd": cwd}).encode()
-        with self.lock:
-            if self.closed:
-                raise LaunchError("the guard factory ended")
-            try:
-                socket.send_fds(self.sock, [request], [report])
-            except OSError as exc:
-                raise LaunchError(f"the guard factory is gone ({exc.strerror})") from None
-
-    def poll(self, pid: int) -> int | None:
-        with self.changed:
-            return self.exits.get(pid)
-
-    def wait(self, pid: int) -> int | None:
-        """The guard's exit status (128 + N for a signal); None if the zygote ended before telling."""
-        with self.changed:
-            self.changed.wait_for(lambda: pid in self.exits or self.closed)
-            return self.exits.pop(pid, None)
+        fds = [report]
+        memory = -1
+        if len(request) > INLINE:
+            memory = os.memfd_create("kas-request", os.MFD_CLOEXEC)
+            os.write(memory, request)
+            request, fds = b"memfd", [report, memory]
+        try:
+            with self.lock:
+                socket.send_fds(self.sock, [request], fds)
+        except TimeoutError:
+            raise FactoryGone(f"the guard factory took no request for {SEND_TIMEOUT:g} s") from None
+        except OSError as exc:
+            raise FactoryGone(f"the guard factory is gone ({exc.strerror})") from None
+        finally:
+            if memory >= 0:
+                os.close(memory)
 
     def close(self) -> None:
         """Start nothing more; the zygote leaves once its guards have ended."""
-        with self.lock:
-            if not self.closed:
-                with contextlib.suppress(OSError):
-                    self.sock.shutdown(socket.SHUT_WR)
+        with self.lock, contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_WR)
+
+    def discard(self) -> None:
+        """Let a zygote that failed go: its guards and their agents run on."""
+        with contextlib.suppress(OSError):
+            self.sock.close()
 
 
 def available() -> bool:
-    return hasattr(socket, "send_fds") and sys.platform.startswith("linux")
+    return hasattr(socket, "send_fds") and hasattr(os, "memfd_create") and sys.platform.startswith("linux")

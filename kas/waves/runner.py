@@ -85,6 +85,7 @@ class TaskRun:
     prepared: Prepared | None = None
     handle: Handle | None = None
     follower: LogFollower | None = None
+    cancelled_late: bool = False  # cancelled by `kas instance stop` while its start was on its way
     timed_out: threading.Event = field(default_factory=threading.Event)
 
     @property
@@ -311,21 +312,32 @@ class WaveRunner:
         self.emit("wave_done", wave=index, name=wave.name, **counts)
 
     def _started(self, task_id: str) -> None:
-        """The agent runs: say so, record it, and echo its output from here on."""
+        """The agent runs: record it, say so, and echo its output from here on. A task that `kas instance
+        stop` cancelled while its start was on its way is stopped at once, and stays cancelled."""
         run = self.runs[task_id]
         handle = run.handle
-        assert handle is not None
+        assert handle is not None and handle.pid is not None
         run.pid, run.started = handle.pid, time.time()
+        claimed = self._mark(
+            lifecycle.claim_start, run.inst_id, run.pid, tmux_target=handle.target, guard=handle.guard,
+            created=handle.create_time,
+        )  # fmt: skip
+        if not claimed:
+            run.cancelled_late = True
+            background(handle.stop, self.grace)
+            return
         if self.result.interrupted:  # asked to start before the stop: its guard may not have had the signal
             handle.signal(signal.SIGTERM)
         self.emit("task_promoted", wave=run.wave, task=task_id, pid=run.pid, instance=run.inst_id)
         # Echoed from the log as it grows, after the task's start was reported, in every mode alike.
         if self._streams:
             run.follower = LogFollower(run.log, self._echo_to(task_id))
-        self._mark(
-            lifecycle.mark_running, run.inst_id, run.pid, tmux_target=handle.target, guard=handle.guard,
-            created=handle.create_time,
-        )  # fmt: skip
+
+    def _was_cancelled(self, run: TaskRun) -> None:
+        """A task cancelled while its start was on its way has ended: its row says cancelled, and so does
+        the run (it never got to do its work)."""
+        run.state, run.started = CANCELLED, None
+        self.emit("task_cancelled", wave=run.wave, task=run.task.id)
 
     def _launch_failed(self, task_id: str, reason: str) -> None:
         """A task that could not start fails at once and promotes the next in turn."""
@@ -345,6 +357,10 @@ class WaveRunner:
         run.exit_status, run.ended = status, time.time()
         if run.follower is not None:
             run.follower.stop()
+        if run.cancelled_late:
+            self._was_cancelled(run)
+            self._launch_all(self.scheduler.finish(task_id, False))
+            return
         row = None if self.registry_broken else self.registry.get(run.inst_id)
         if row is not None and row.status == STOPPED:  # `kas instance stop` ended it: say so, as the row does
             run.state, run.reason = STOPPED, "stopped by kas instance stop"
@@ -397,7 +413,7 @@ class WaveRunner:
     def _cancel(self, task_ids: list[str]) -> None:
         for task_id in task_ids:
             run = self.runs[task_id]
-            run.state, run.ended = CANCELLED, self._mark(lifecycle.mark_cancelled, run.inst_id)
+            run.state, run.ended = CANCELLED, self._mark(lifecycle.mark_cancelled, run.inst_id) or time.time()
             self.emit("task_cancelled", wave=run.wave, task=task_id)
 
     # -- launching --------------------------------------------------------------------------------------
@@ -560,12 +576,17 @@ class WaveRunner:
                 continue
             if kind == LAUNCH_FAILED:
                 self._failed_to_start(self.runs[task_id], value)
+            elif self.runs[task_id].cancelled_late:
+                self._was_cancelled(self.runs[task_id])
             else:
                 self._record_stopped(task_id, value)
             remaining.discard(task_id)
 
     def _record_stopped(self, task_id: str, status: int | None) -> None:
         run = self.runs[task_id]
+        if run.pid is None:  # its start never came (a stalled guard factory): it never ran
+            self._cancel([task_id])
+            return
         if run.follower is not None:
             run.follower.stop()
         run.exit_status = status
