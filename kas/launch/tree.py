@@ -257,11 +257,13 @@ def stop_tree(pid: int | None, guard: GuardRef | None, grace: float) -> None:
                 with contextlib.suppress(OSError):
                     os.kill(member, signal.SIGKILL)
         return
-    os.kill(guard.pid, signal.SIGCONT)  # a frozen guard could pass nothing on
-    os.kill(guard.pid, signal.SIGTERM)
+    with contextlib.suppress(OSError):  # the guard may end (and be reaped) at any moment from here
+        os.kill(guard.pid, signal.SIGCONT)  # a frozen guard could pass nothing on
+        os.kill(guard.pid, signal.SIGTERM)
     wait_gone(guard.pid, guard.create_time, timeout=min(max(grace, 0.0), MAX_GRACE))
     if guard.alive():
-        os.kill(guard.pid, signal.SIGUSR2)
+        with contextlib.suppress(OSError):
+            os.kill(guard.pid, signal.SIGUSR2)
         wait_gone(guard.pid, guard.create_time, timeout=KILL_PATIENCE)
     if guard.alive():  # a guard that does not answer (stopped again, hung): kas ends the tree itself
         for member in descendants(guard.pid):
@@ -279,8 +281,9 @@ def stop_keeping_daemons(pid: int, guard: GuardRef | None, grace: float) -> None
     from kas.launch.groups import stop_group
 
     if guard is not None and guard.alive():
-        os.kill(guard.pid, signal.SIGCONT)
-        os.kill(guard.pid, signal.SIGUSR1)
+        with contextlib.suppress(OSError):  # it may have ended since
+            os.kill(guard.pid, signal.SIGCONT)
+            os.kill(guard.pid, signal.SIGUSR1)
     stop_group(pid, grace)
 
 
