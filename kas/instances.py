@@ -11,7 +11,7 @@ import contextlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 from kas import lifecycle
 from kas import platform as host
@@ -36,6 +36,9 @@ from kas.status import (
     UNKNOWN,
     label,
 )
+
+if TYPE_CHECKING:
+    from kas.launch.tree import GuardRef
 
 STARTING_PATIENCE = 10.0  # seconds a row may stay "starting" before it is taken for lost
 
@@ -176,17 +179,17 @@ def cancel(registry: Registry, inst: Instance) -> LiveView:
     return LiveView(inst, CANCELLED)
 
 
-def recover_start(registry: Registry, inst: Instance) -> Instance | None:
-    """A pending task whose guard started it (``guards/ID.pid``: the agent's and the guard's pids) though
-    its runner never recorded it: recorded now, so that it can be seen and stopped; None if there is none.
-    The guard must still run and be the agent's parent: pids are reused."""
+def guarded_start(inst_id: str) -> tuple[int, float, GuardRef] | None:
+    """The agent a guard started for a row that still says pending (``guards/ID.pid``: the agent's and
+    the guard's pids), as ``(agent, its start time, guard)``; None if there is none. The guard must still
+    run and be the agent's parent: pids are reused."""
     import psutil
 
     from kas import probe
     from kas.launch.tree import GuardRef, rules_path
 
     try:
-        agent, guard = map(int, rules_path(inst.id).with_suffix(".pid").read_text().split())
+        agent, guard = map(int, rules_path(inst_id).with_suffix(".pid").read_text().split())
         if psutil.Process(agent).ppid() != guard:
             return None
     except (OSError, ValueError, psutil.Error):
@@ -195,7 +198,17 @@ def recover_start(registry: Registry, inst: Instance) -> Instance | None:
     created = probe.create_time(agent)
     if ref.create_time is None or created is None:
         return None
-    if not lifecycle.claim_start(registry, inst.id, agent, guard=ref, created=created):
+    return agent, created, ref
+
+
+def recover_start(registry: Registry, inst: Instance) -> Instance | None:
+    """A pending task whose guard started it though its runner never recorded it: recorded now, so that it
+    can be seen and stopped; None if there is none."""
+    found = guarded_start(inst.id)
+    if found is None:
+        return None
+    agent, created, guard = found
+    if not lifecycle.claim_start(registry, inst.id, agent, guard=guard, created=created):
         return None
     return registry.get(inst.id)
 
@@ -209,6 +222,15 @@ def stop(registry: Registry, inst: Instance, grace: float = 5.0, *, keep_daemons
     """
     if inst.status == PENDING:
         view = cancel(registry, inst)
+        if view.status == CANCELLED:
+            # Its guard may have started it already, unseen by a runner that has not recorded it yet (or
+            # never will: it may die first): whatever it started goes, and the row stays cancelled.
+            found = guarded_start(inst.id)
+            if found is not None:
+                from kas.launch.tree import stop_tree
+
+                stop_tree(found[0], found[2], grace)
+            return view
         if view.status != RUNNING:
             return view
         inst = view.inst  # its runner started it meanwhile: stopped as a running one

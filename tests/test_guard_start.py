@@ -320,3 +320,48 @@ def test_a_wave_interrupted_while_its_tasks_start_leaves_nothing_running(project
     )
     ends = {e["task"] for e in events if e["event"] in ("task_finished", "task_cancelled")}
     assert ends == {"t0", "t1", "t2", "t3"}
+
+
+def test_stopping_a_pending_task_its_guard_already_started_ends_the_agent(project: Path) -> None:
+    """The runner is frozen between a guard's start and its own record of it (the row still says pending):
+    `kas instance stop` cancels the row and ends what the guard started, even if the runner then dies."""
+    marker = "5" + str(os.getpid())
+    tasks = "".join(f'[[waves.tasks]]\nid = "t{i}"\ncommand = ["sleep", "{marker}"]\n' for i in range(20))
+    (project / "plan.toml").write_text(
+        f'name = "f"\n[resources]\nmax_parallel_wave_tasks = 0\n[[waves]]\n{tasks}'
+    )
+    guards = Path(os.environ["KAS_STATE_DIR"]) / "guards"
+    runner = subprocess.Popen(
+        [KAS, "wave", "run", "--yes", "--json", "plan.toml"], cwd=project, stdout=subprocess.DEVNULL
+    )
+    try:
+        wait_until(lambda: guards.is_dir() and any(p.suffix == ".pid" for p in guards.iterdir()))
+        runner.send_signal(signal.SIGSTOP)
+        from kas.registry import Registry
+
+        registry = Registry()
+        pending = [
+            r.id for r in registry.instances() if r.status == "pending" and (guards / f"{r.id}.pid").exists()
+        ]
+        registry.close()
+        assert pending, "no start caught between its guard and its record: the runner was too quick"
+        agent = int((guards / f"{pending[0]}.pid").read_text().split()[0])
+        stopped = subprocess.run(
+            [KAS, "instance", "stop", pending[0]], cwd=project, capture_output=True, text=True
+        )
+        assert "cancelled" in stopped.stdout
+        assert still_running([agent]) == []
+    finally:
+        runner.kill()
+        runner.wait()
+    subprocess.run([KAS, "instance", "list"], cwd=project, capture_output=True)  # recovers the others
+    subprocess.run([KAS, "instance", "stop", "--all"], cwd=project, capture_output=True, timeout=60)
+    time.sleep(0.5)
+    assert [p.pid for p in psutil.process_iter(["cmdline"]) if p.info["cmdline"] == ["sleep", marker]] == []
+
+
+def wait_until(check, timeout: float = 10) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "not within the time allowed"
+        time.sleep(0.001)

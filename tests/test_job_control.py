@@ -78,6 +78,11 @@ def state(pid: int) -> str:
         return "gone"
 
 
+def read_pid(path: Path) -> int:
+    wait_for(lambda: path.exists() and path.read_text().strip() != "")
+    return int(path.read_text())
+
+
 def wait_for(check, timeout: float = 10) -> None:  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + timeout
     while not check():
@@ -123,5 +128,32 @@ def test_ctrl_z_stops_the_job_and_fg_gives_the_agent_its_terminal_back(project: 
         shell.type("echo status=$?.\n")
         shell.expect("status=130.")
         wait_for(lambda: state(agent) == "gone")
+    finally:
+        shell.close()
+
+
+@pytest.mark.parametrize("kas", ["kas", AS_ON_MACOS], ids=["guarded", "no guard (macOS)"])
+def test_a_job_that_ends_in_the_background_or_is_killed_leaves_the_shell_its_terminal(
+    project: Path, kas: str
+) -> None:
+    """After `bg` the shell holds the terminal: kas, ending there (or killed with `kill %1` while
+    stopped), must not take it back, or the shell reads end-of-file and exits."""
+    shell = Shell(project)
+    try:
+        shell.expect("PROMPT> ")
+        for ending in ("bg\n", "kill %1\n"):
+            pid_file = project / f"agent-{ending[0]}.pid"
+            shell.type(f"{kas} spawn -- sh -c 'echo $$ > {pid_file}; exec sleep 1.5'\n")
+            agent = read_pid(pid_file)
+            shell.type("\x1a")
+            shell.expect("Stopped")
+            shell.expect("PROMPT> ")
+            shell.type(ending)
+            shell.expect("PROMPT> ")
+            wait_for(lambda pid=agent: state(pid) == "gone")
+            time.sleep(0.3)  # kas's own end, after its agent's
+            shell.type("echo still-here.\n")
+            shell.expect("still-here.\r\n")
+            assert shell.proc.poll() is None
     finally:
         shell.close()

@@ -384,7 +384,8 @@ class SdkLauncher:
         """
         terminal = foreground_terminal()
         stopped: list[int] = []
-        started: list[int] = []
+        started: list[int] = []  # the process kas started (the guard, or the agent where there is none)
+        agents: list[int] = []  # the agent, once known: its group holds the terminal while it runs
         session_group = host.read_autogroup(os.getpid()) if terminal is not None else None
         guard = guarded(spec.inst_id, spec.guard, spec.prepared.argv, terminal=terminal is not None)
 
@@ -431,6 +432,7 @@ class SdkLauncher:
                 guard.close_parent_end()
                 try:
                     agent, guard_ref = guard.started(proc.pid)
+                    agents.append(agent)
                 except LaunchError:
                     proc.wait()
                     lifecycle.mark_failed(registry, spec.inst_id)
@@ -454,7 +456,10 @@ class SdkLauncher:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
             if terminal is not None:
-                reclaim_terminal(terminal)
+                # Only from the agent (or its guard): after `bg` or `kill %1` the shell holds the terminal,
+                # and taking it from the shell would leave it reading end-of-file.
+                if any(foreground_is(terminal, group) for group in (*started, *agents)):
+                    reclaim_terminal(terminal)
                 if session_group and session_group != host.ROOT_AUTOGROUP and spec.autogroup_nice:
                     problem = host.set_autogroup_nice(os.getpid(), session_group[1])
                     if problem:
