@@ -365,3 +365,27 @@ def wait_until(check, timeout: float = 10) -> None:  # type: ignore[no-untyped-d
     while not check():
         assert time.monotonic() < deadline, "not within the time allowed"
         time.sleep(0.001)
+
+
+def test_requests_a_killed_zygote_never_served_go_to_a_new_one(project: Path) -> None:
+    """A zygote killed as it starts takes the requests queued for it along (their report pipes close
+    unanswered): each is asked again, once, of a new zygote, and every task runs."""
+    tasks = "".join(f'[[waves.tasks]]\nid = "t{i}"\ncommand = ["true"]\n' for i in range(30))
+    (project / "plan.toml").write_text(
+        f'name = "q"\n[resources]\nmax_parallel_wave_tasks = 0\n[[waves]]\n{tasks}'
+    )
+    runner = subprocess.Popen(
+        [KAS, "wave", "run", "--yes", "--json", "plan.toml"], cwd=project, stdout=subprocess.PIPE, text=True
+    )
+    zygotes: list[psutil.Process] = []
+    wait_until(
+        lambda: bool(
+            zygotes.extend(p for p in psutil.Process(runner.pid).children() if "--zygote" in p.cmdline())
+            or zygotes
+        )
+    )
+    zygotes[0].kill()
+    out, _ = runner.communicate(timeout=60)
+    events = [json.loads(line) for line in out.splitlines()]
+    assert [e["reason"] for e in events if e["event"] == "task_failed"] == []
+    assert runner.returncode == 0

@@ -13,7 +13,7 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
@@ -26,6 +26,7 @@ from kas.launch.session import lower_group
 from kas.launch.tree import (
     GuardRef,
     Report,
+    StartUnheard,
     guard_prefix,
     guarded,
     guards_dir,
@@ -177,6 +178,8 @@ class SdkHandle:
         self.guard = guard
         # A guard from the zygote names the agent on this pipe, and later tells its status there.
         self.report = report
+        # Asks again, once, for a start no guard answered (``SdkLauncher._retry``).
+        self.retry: Callable[[StartUnheard], Report] | None = None
         self.pump: threading.Event | None = None  # set once its output is all in the log
 
     def ready(self) -> None:
@@ -186,7 +189,14 @@ class SdkHandle:
             return
         from kas.probe import create_time
 
-        agent, guard = self.report.started()
+        try:
+            agent, guard = self.report.started()
+        except StartUnheard as unheard:
+            if self.retry is None:
+                raise
+            retry, self.retry = self.retry, None
+            self.report = retry(unheard)  # once, through a new guard factory
+            agent, guard = self.report.started()
         self.create_time = create_time(agent)
         self.guard = GuardRef(guard, create_time(guard))
         self.pid = agent
@@ -265,6 +275,7 @@ class SdkLauncher:
         self._zygote: Zygote | None = None
         self._no_zygote = False
         self._guards: Path | None = None  # the guards' directory, checked once per launcher
+        self._factory_lock = threading.Lock()  # waiters may replace a failed factory too
 
     def start(self, spec: LaunchSpec) -> SdkHandle:
         """Output goes into the bounded log (see kas.logfile), or nowhere.
@@ -332,15 +343,21 @@ class SdkLauncher:
             self._zygote.close()
             self._zygote = None
 
-    def _factory(self, rules: Mapping[str, Any]) -> Zygote | None:
+    def _factory(self, rules: Mapping[str, Any], replacing: Zygote | None = None) -> Zygote | None:
+        """The wave's guard factory, started on first use; ``replacing`` one that failed starts another
+        (once, whichever thread finds it failed first)."""
         from kas.launch import zygote
 
-        if self._zygote is None and not self._no_zygote and zygote.available():
-            try:
-                self._zygote = zygote.Zygote(rules)
-            except OSError:
-                self._no_zygote = True  # guards then start as their own interpreters
-        return self._zygote
+        with self._factory_lock:
+            if replacing is not None and self._zygote is replacing:
+                self._zygote = None
+                replacing.discard()
+            if self._zygote is None and not self._no_zygote and zygote.available():
+                try:
+                    self._zygote = zygote.Zygote(rules)
+                except OSError:
+                    self._no_zygote = True  # guards then start as their own interpreters
+            return self._zygote
 
     def _start_forked(self, spec: LaunchSpec, factory: Zygote) -> SdkHandle:
         """Ask the zygote for a guard, which writes the agent's output to its log itself; ``ready`` on
@@ -352,23 +369,45 @@ class SdkLauncher:
             self._guards = guards_dir()
         options = guard_prefix(rules_path(spec.inst_id, self._guards), spec.guard)[4:]  # after the program
         options += ["--log", str(spec.log)] if spec.log else []
+        request = (options, spec.prepared.argv, spec.env, str(spec.cwd))
         report_r, report_w = os.pipe()
         try:
             try:
-                factory.start(options, spec.prepared.argv, spec.env, str(spec.cwd), report_w)
+                factory.start(*request, report_w)
             except FactoryGone:
-                self._zygote, gone = None, factory
-                gone.discard()
-                replacement = self._factory(spec.guard)
+                replacement = self._factory(spec.guard, replacing=factory)
                 if replacement is None:
                     raise
-                replacement.start(options, spec.prepared.argv, spec.env, str(spec.cwd), report_w)
+                factory = replacement
+                factory.start(*request, report_w)
         except BaseException:  # a LaunchError, or Ctrl-C while the request waited for the zygote
             os.close(report_r)
             raise
         finally:
             os.close(report_w)
-        return SdkHandle(None, report=Report(report_r))
+        handle = SdkHandle(None, report=Report(report_r))
+        rules = spec.guard
+
+        def retry(unheard: StartUnheard) -> Report:
+            """Ask a new factory, if the request cannot have started: it timed out (its pipe is closed,
+            so a guard that takes it late starts nothing), or its zygote died with it still queued."""
+            if not unheard.timed_out and factory.alive(patience=0.5):
+                raise unheard  # a guard took it and ended unheard: asking again could start it twice
+            replacement = self._factory(rules, replacing=factory)
+            if replacement is None:
+                raise unheard
+            again_r, again_w = os.pipe()
+            try:
+                replacement.start(*request, again_w)
+            except BaseException:
+                os.close(again_r)
+                raise
+            finally:
+                os.close(again_w)
+            return Report(again_r)
+
+        handle.retry = retry
+        return handle
 
     def row_fields(self) -> dict[str, str | None]:
         return {}

@@ -118,6 +118,15 @@ def guard_prefix(rules_file: Path, rules: Mapping[str, Any]) -> list[str]:
     ]  # fmt: skip
 
 
+class StartUnheard(LaunchError):
+    """No guard named the agent: the request timed out (``timed_out``), or its pipe closed unanswered
+    (a zygote that died with it still queued, or a guard killed before it could answer)."""
+
+    def __init__(self, message: str, *, timed_out: bool) -> None:
+        super().__init__(message)
+        self.timed_out = timed_out
+
+
 class Report:
     """A guard's report pipe, read a line at a time: first ``pid AGENT GUARD`` (or ``error TEXT``), and,
     for a wave's task, ``exit N`` (or ``exit lost``) once the agent's tree is gone. A task's waiter and
@@ -169,17 +178,20 @@ class Report:
 
     def started(self, timeout: float = REPORT_TIMEOUT) -> tuple[int, int]:
         """``(agent, guard)`` once the agent runs; a ``LaunchError`` with the guard's reason if not (and
-        the pipe is closed: a guard that takes the request later sees nobody waits and starts nothing)."""
+        the pipe is closed: a guard that takes the request later sees nobody waits and starts nothing).
+        ``StartUnheard`` if no guard said anything: it may never have had the request."""
         try:
             line = self.line(timeout)
         except TimeoutError:
             self.close()
-            raise LaunchError("the agent's guard did not start it in time") from None
-        words = (line or "").split()
+            raise StartUnheard("the agent's guard did not start it in time", timed_out=True) from None
+        if line is None:
+            raise StartUnheard("the agent's guard ended before starting it", timed_out=False)
+        words = line.split()
         if words[0:1] == ["pid"] and len(words) == 3 and words[1].isdigit() and words[2].isdigit():
             return int(words[1]), int(words[2])
         self.close()
-        raise LaunchError((line or "").removeprefix("error ") or "the agent's guard ended before starting it")
+        raise LaunchError(line.removeprefix("error ") or "the agent's guard ended before starting it")
 
     def ended(self) -> int | None:
         """The agent's exit status (128 + N for a signal); None if it could not be seen (the guard was

@@ -82,6 +82,15 @@ class Zygote:
             if memory >= 0:
                 os.close(memory)
 
+    def alive(self, patience: float = 0.0) -> bool:
+        """Whether the zygote still runs ``patience`` seconds from now (a killed process closes its
+        files a moment before it ends)."""
+        try:
+            self.proc.wait(timeout=patience)
+        except subprocess.TimeoutExpired:
+            return True
+        return False
+
     def close(self) -> None:
         """Start nothing more; the zygote leaves once its guards have ended."""
         with self.lock, contextlib.suppress(OSError):
