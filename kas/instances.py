@@ -237,6 +237,7 @@ def stop(registry: Registry, inst: Instance, grace: float = 5.0, *, keep_daemons
     view = refresh(registry, inst, probe_tree=False)
     if view.status not in (RUNNING, ORPHANED, PAUSED):
         return view
+    lifecycle.request_stop(inst.id)
     if keep_daemons and inst.guard_pid and inst.pid:
         from kas.launch.tree import GuardRef, stop_keeping_daemons
 
@@ -322,7 +323,7 @@ def prune(
     guards = guards_dir()
     for inst in gone:
         paths = handle(inst).discard()  # what the mode kept (a tmux window, its status record)
-        paths.append(guards / f"{inst.id}.lock")  # `kas profile apply`'s lock beside its rules
+        paths += [guards / f"{inst.id}.lock", guards / f"{inst.id}.stop"]  # `profile apply`'s, `stop`'s
         if inst.log_path and not keep_logs:
             paths += [Path(inst.log_path), rotated(Path(inst.log_path))]
         for path in paths:

@@ -11,7 +11,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from kas.registry import Registry
-from kas.status import CANCELLED, EXITED, FAILED, LOST, PENDING, RUNNING
+from kas.status import CANCELLED, EXITED, FAILED, LOST, PENDING, RUNNING, STOPPED
 
 if TYPE_CHECKING:
     from kas.launch.tree import GuardRef
@@ -55,6 +55,22 @@ def claim_start(
     )  # fmt: skip
 
 
+def request_stop(inst_id: str) -> None:
+    """Say, before the signal goes, that ``kas instance stop`` ends this agent: whoever watches it (a
+    wave's runner, a foreground kas) then records a stop, not an exit with the signal's status. A
+    private marker beside the guard's rules (``guards/ID.stop``)."""
+    from kas.launch.tree import rules_path
+    from kas.statedir import private_file
+
+    private_file(rules_path(inst_id).with_suffix(".stop"))
+
+
+def stop_requested(inst_id: str) -> bool:
+    from kas.launch.tree import rules_path
+
+    return rules_path(inst_id).with_suffix(".stop").exists()
+
+
 def mark_ended(registry: Registry, inst_id: str, status: str, exit_status: int | None = None) -> float:
     """Record how an instance ended (one of ``status.FINISHED``); returns the time it was recorded."""
     ended = time.time()
@@ -63,7 +79,10 @@ def mark_ended(registry: Registry, inst_id: str, status: str, exit_status: int |
 
 
 def mark_exited(registry: Registry, inst_id: str, exit_status: int | None) -> float:
-    """It ended by itself: ``exited`` with its status, or ``lost`` when nobody saw the status."""
+    """It ended: ``exited`` with its status, ``lost`` when nobody saw the status, or ``stopped`` when
+    ``kas instance stop`` ended it (``request_stop``)."""
+    if stop_requested(inst_id):
+        return mark_ended(registry, inst_id, STOPPED, exit_status)
     return mark_ended(registry, inst_id, EXITED if exit_status is not None else LOST, exit_status)
 
 

@@ -389,3 +389,27 @@ def test_requests_a_killed_zygote_never_served_go_to_a_new_one(project: Path) ->
     events = [json.loads(line) for line in out.splitlines()]
     assert [e["reason"] for e in events if e["event"] == "task_failed"] == []
     assert runner.returncode == 0
+
+
+def test_a_task_stopped_with_instance_stop_is_stopped_in_the_run_and_in_its_row(project: Path) -> None:
+    """`kas instance stop` says so before its signal goes, so the runner records a stop, not an exit with
+    the signal's status, and the run and the registry agree."""
+    (project / "plan.toml").write_text(
+        'name = "s"\n[[waves]]\n[[waves.tasks]]\nid = "long"\ncommand = ["sleep", "60"]\n'
+    )
+    runner = subprocess.Popen(
+        [KAS, "wave", "run", "--yes", "--json", "plan.toml"], cwd=project, stdout=subprocess.PIPE, text=True
+    )
+    assert runner.stdout is not None
+    promoted = json.loads(next(line for line in runner.stdout if '"task_promoted"' in line))
+    subprocess.run(
+        [KAS, "instance", "stop", promoted["instance"]], cwd=project, capture_output=True, timeout=30
+    )
+    rest, _ = runner.communicate(timeout=30)
+    finished = next(e for e in map(json.loads, rest.splitlines()) if e["event"] == "task_finished")
+    assert (finished["status"], finished["exit_status"]) == ("stopped", 143)
+    row = json.loads(
+        subprocess.run([KAS, "instance", "show", "--json", promoted["instance"]], cwd=project,
+                       capture_output=True, text=True).stdout
+    )  # fmt: skip
+    assert (row["status"], row["exit_status"]) == ("stopped", 143)

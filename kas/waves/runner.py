@@ -361,11 +361,13 @@ class WaveRunner:
             self._was_cancelled(run)
             self._launch_all(self.scheduler.finish(task_id, False))
             return
-        row = None if self.registry_broken else self.registry.get(run.inst_id)
-        if row is not None and row.status == STOPPED:  # `kas instance stop` ended it: say so, as the row does
+        if lifecycle.stop_requested(run.inst_id):  # `kas instance stop` ended it: say so, as the row does
             run.state, run.reason = STOPPED, "stopped by kas instance stop"
             self._emit_finished(run)
-            self._launch_all(self.scheduler.finish(task_id, False))
+            try:
+                self._launch_all(self.scheduler.finish(task_id, False))
+            finally:
+                self._mark(lifecycle.mark_ended, run.inst_id, STOPPED, status)
             return
         if run.timed_out.is_set():
             run.state, run.reason = TIMED_OUT, f"timed out after {run.task.timeout:g}s"
