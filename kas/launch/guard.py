@@ -272,16 +272,9 @@ class Telemetry:
             "procs": procs,
         }
         self.at = now
-        tmp = f"{self.path}.tmp"
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as out:
-                import json
+        import json
 
-                json.dump(report, out)
-            os.replace(tmp, self.path)
-        except OSError:
-            pass  # a full disk costs the figures, never the guard
+        replace_private(self.path, json.dumps(report).encode())  # a full disk costs the figures only
 
     def remove(self) -> None:
         try:
@@ -903,16 +896,23 @@ def start_file(rules_file: str) -> str:
 
 
 def publish_start(rules_file: str, agent: int) -> None:
-    path = start_file(rules_file)
+    replace_private(start_file(rules_file), f"{agent} {os.getpid()}\n".encode())
+
+
+def replace_private(path: str, data: bytes) -> bool:
+    """Write ``path`` whole (0600, then renamed into place), so a reader never sees half of it; False if
+    the disk refused (the guard goes on without it)."""
+    tmp = f"{path}.tmp"
     try:
-        fd = os.open(path + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
-            os.write(fd, f"{agent} {os.getpid()}\n".encode())
+            os.write(fd, data)
         finally:
             os.close(fd)
-        os.replace(path + ".tmp", path)
+        os.replace(tmp, path)
     except OSError:
-        pass
+        return False
+    return True
 
 
 def encode_rules(rules: dict[str, Any]) -> str:

@@ -157,6 +157,19 @@ def wait_as_job(proc: subprocess.Popen[bytes], fd: int) -> int:
             os.killpg(proc.pid, signal.SIGCONT)
 
 
+def _ask(factory: Zygote, request: tuple[list[str], list[str], Mapping[str, str], str]) -> Report:
+    """Send one request (options, argv, env, cwd) with a new report pipe; the pipe's read end."""
+    report_r, report_w = os.pipe()
+    try:
+        factory.start(*request, report_w)
+    except BaseException:  # a LaunchError, or Ctrl-C while the request waited for the zygote
+        os.close(report_r)
+        raise
+    finally:
+        os.close(report_w)
+    return Report(report_r)
+
+
 DRAIN = 1.0  # seconds to let the log catch up with an agent that has ended
 
 
@@ -370,22 +383,15 @@ class SdkLauncher:
         options = guard_prefix(rules_path(spec.inst_id, self._guards), spec.guard)[4:]  # after the program
         options += ["--log", str(spec.log)] if spec.log else []
         request = (options, spec.prepared.argv, spec.env, str(spec.cwd))
-        report_r, report_w = os.pipe()
         try:
-            try:
-                factory.start(*request, report_w)
-            except FactoryGone:
-                replacement = self._factory(spec.guard, replacing=factory)
-                if replacement is None:
-                    raise
-                factory = replacement
-                factory.start(*request, report_w)
-        except BaseException:  # a LaunchError, or Ctrl-C while the request waited for the zygote
-            os.close(report_r)
-            raise
-        finally:
-            os.close(report_w)
-        handle = SdkHandle(None, report=Report(report_r))
+            report = _ask(factory, request)
+        except FactoryGone:
+            replacement = self._factory(spec.guard, replacing=factory)
+            if replacement is None:
+                raise
+            factory = replacement
+            report = _ask(factory, request)
+        handle = SdkHandle(None, report=report)
         rules = spec.guard
 
         def retry(unheard: StartUnheard) -> Report:
@@ -396,15 +402,7 @@ class SdkLauncher:
             replacement = self._factory(rules, replacing=factory)
             if replacement is None:
                 raise unheard
-            again_r, again_w = os.pipe()
-            try:
-                replacement.start(*request, again_w)
-            except BaseException:
-                os.close(again_r)
-                raise
-            finally:
-                os.close(again_w)
-            return Report(again_r)
+            return _ask(replacement, request)
 
         handle.retry = retry
         return handle
