@@ -163,29 +163,51 @@ def test_a_request_nobody_waits_for_any_more_starts_nothing(tmp_path: Path) -> N
         factory.proc.wait(timeout=10)
 
 
-def test_a_wave_goes_on_when_its_guard_factory_is_killed(project: Path) -> None:
-    """Each task's status comes from its own guard, and a new zygote replaces one that is gone."""
+def write_wave(project: Path, commands: list[list[str]], cap: int | None = None) -> None:
+    """``plan.toml``: one wave of tasks t0, t1, ... running ``commands``, at most ``cap`` at once."""
     tasks = "".join(
-        f'[[waves.tasks]]\nid = "t{i}"\ncommand = ["sh", "-c", "sleep 1; exit {i}"]\n' for i in range(4)
+        f'[[waves.tasks]]\nid = "t{i}"\ncommand = {json.dumps(c)}\n' for i, c in enumerate(commands)
     )
-    (project / "plan.toml").write_text(
-        f'name = "z"\n[resources]\nmax_parallel_wave_tasks = 2\n[[waves]]\n{tasks}'
-    )
-    proc = subprocess.Popen(
+    limit = "" if cap is None else f"[resources]\nmax_parallel_wave_tasks = {cap}\n"
+    (project / "plan.toml").write_text(f'name = "w"\n{limit}[[waves]]\n{tasks}')
+
+
+def start_wave(project: Path, until: str | None = None) -> subprocess.Popen[str]:
+    """``kas wave run --json plan.toml``, its events read up to the first ``until`` event."""
+    runner = subprocess.Popen(
         [KAS, "wave", "run", "--yes", "--json", "plan.toml"], cwd=project, stdout=subprocess.PIPE, text=True
     )
-    assert proc.stdout is not None
-    while '"task_promoted"' not in proc.stdout.readline():
+    assert runner.stdout is not None
+    while until is not None and f'"{until}"' not in runner.stdout.readline():
         pass
+    return runner
+
+
+def events_of(output: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in output.splitlines()]
+
+
+def agents(marker: str) -> list[int]:
+    """The running ``sleep MARKER`` agents of a test (a marker no other process uses)."""
+    return [p.pid for p in psutil.process_iter(["cmdline"]) if p.info["cmdline"] == ["sleep", marker]]
+
+
+def wait_until(check, timeout: float = 10) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "not within the time allowed"
+        time.sleep(0.001)
+
+
+def test_a_wave_goes_on_when_its_guard_factory_is_killed(project: Path) -> None:
+    """Each task's status comes from its own guard, and a new zygote replaces one that is gone."""
+    write_wave(project, [["sh", "-c", f"sleep 1; exit {i}"] for i in range(4)], cap=2)
+    proc = start_wave(project, until="task_promoted")
     zygotes = [p for p in psutil.Process(proc.pid).children() if "--zygote" in p.cmdline()]
     assert len(zygotes) == 1
     zygotes[0].kill()
     rest, _ = proc.communicate(timeout=60)
-    statuses = {
-        e["task"]: e["exit_status"]
-        for e in map(json.loads, rest.splitlines())
-        if e["event"] == "task_finished"
-    }
+    statuses = {e["task"]: e["exit_status"] for e in events_of(rest) if e["event"] == "task_finished"}
     assert statuses == {"t0": 0, "t1": 1, "t2": 2, "t3": 3}
 
 
@@ -216,54 +238,33 @@ def test_stopping_tasks_while_they_start_leaves_nothing_running(project: Path) -
     """`kas instance stop` on every task while a wave of 30 starts them all at once: each ends cancelled
     or stopped, and no agent outlives it."""
     marker = "3" + str(os.getpid())
-    tasks = "".join(f'[[waves.tasks]]\nid = "t{i}"\ncommand = ["sleep", "{marker}"]\n' for i in range(30))
-    (project / "plan.toml").write_text(
-        f'name = "s"\n[resources]\nmax_parallel_wave_tasks = 0\n[[waves]]\n{tasks}'
-    )
-    proc = subprocess.Popen(
-        [KAS, "wave", "run", "--yes", "--json", "plan.toml"], cwd=project, stdout=subprocess.PIPE, text=True
-    )
-    assert proc.stdout is not None
-    while '"wave_started"' not in proc.stdout.readline():
-        pass
+    write_wave(project, [["sleep", marker]] * 30, cap=0)
+    proc = start_wave(project, until="wave_started")
     listed = subprocess.run([KAS, "instance", "list", "--json"], cwd=project, capture_output=True, text=True)
     ids = [row["id"] for row in json.loads(listed.stdout)]
     subprocess.run([KAS, "instance", "stop", *ids], cwd=project, capture_output=True, timeout=60)
     rest, _ = proc.communicate(timeout=60)
-    ends = {
-        e["task"]: e["event"]
-        for e in map(json.loads, rest.splitlines())
-        if e["event"] in ("task_finished", "task_cancelled")
-    }
+    ends = {e["task"] for e in events_of(rest) if e["event"] in ("task_finished", "task_cancelled")}
     assert len(ends) == 30
     time.sleep(0.5)
-    survivors = [p.pid for p in psutil.process_iter(["cmdline"]) if p.info["cmdline"] == ["sleep", marker]]
-    assert survivors == []
+    assert agents(marker) == []
 
 
 def test_a_runner_killed_while_its_tasks_start_leaves_them_in_kas_hands(project: Path) -> None:
     """SIGKILL to the runner while eight tasks start: every agent that started is listed (orphaned) and
     `kas instance stop --all` ends it; nothing runs on unseen."""
     marker = "4" + str(os.getpid())
-    tasks = "".join(f'[[waves.tasks]]\nid = "t{i}"\ncommand = ["sleep", "{marker}"]\n' for i in range(8))
-    (project / "plan.toml").write_text(
-        f'name = "k"\n[resources]\nmax_parallel_wave_tasks = 8\n[[waves]]\n{tasks}'
-    )
-    proc = subprocess.Popen(
-        [KAS, "wave", "run", "--yes", "--json", "plan.toml"], cwd=project, stdout=subprocess.PIPE, text=True
-    )
-    assert proc.stdout is not None
-    while '"task_promoted"' not in proc.stdout.readline():
-        pass
+    write_wave(project, [["sleep", marker]] * 8, cap=8)
+    proc = start_wave(project, until="task_promoted")
     proc.kill()
     proc.wait()
     time.sleep(1.0)  # every start on its way has happened or been given up
     listed = subprocess.run([KAS, "instance", "list", "--json"], cwd=project, capture_output=True, text=True)
     running = {row["pid"] for row in json.loads(listed.stdout)}
-    agents = {p.pid for p in psutil.process_iter(["cmdline"]) if p.info["cmdline"] == ["sleep", marker]}
-    assert agents and agents <= running  # each agent that runs is one kas lists
+    started = set(agents(marker))
+    assert started and started <= running  # each agent that runs is one kas lists
     subprocess.run([KAS, "instance", "stop", "--all"], cwd=project, capture_output=True, timeout=60)
-    assert still_running(sorted(agents)) == []
+    assert still_running(sorted(started)) == []
 
 
 def test_the_guard_writes_its_rules_file_and_keeps_an_apply_that_came_first(
@@ -301,18 +302,11 @@ def test_the_guard_writes_its_rules_file_and_keeps_an_apply_that_came_first(
 
 def test_a_wave_interrupted_while_its_tasks_start_leaves_nothing_running(project: Path) -> None:
     """SIGTERM arrives while guards are still starting their agents: each one started is stopped too."""
-    tasks = "".join(f'[[waves.tasks]]\nid = "t{i}"\ncommand = ["sleep", "30"]\n' for i in range(4))
-    (project / "plan.toml").write_text(f'name = "i"\n[[waves]]\n{tasks}')
-    proc = subprocess.Popen(
-        [KAS, "wave", "run", "--yes", "--json", "plan.toml"], cwd=project, stdout=subprocess.PIPE, text=True
-    )
-    assert proc.stdout is not None
-    first = proc.stdout.readline()
-    while '"wave_started"' not in first:
-        first = proc.stdout.readline()
+    write_wave(project, [["sleep", "30"]] * 4)
+    proc = start_wave(project, until="wave_started")
     proc.send_signal(signal.SIGTERM)  # the starts are on their way; none was told yet
     rest, _ = proc.communicate(timeout=30)
-    events = [json.loads(line) for line in rest.splitlines()]
+    events = events_of(rest)
     assert proc.returncode == 130
     pids = [e["pid"] for e in events if e["event"] == "task_promoted"]
     assert all(
@@ -326,14 +320,9 @@ def test_stopping_a_pending_task_its_guard_already_started_ends_the_agent(projec
     """The runner is frozen between a guard's start and its own record of it (the row still says pending):
     `kas instance stop` cancels the row and ends what the guard started, even if the runner then dies."""
     marker = "5" + str(os.getpid())
-    tasks = "".join(f'[[waves.tasks]]\nid = "t{i}"\ncommand = ["sleep", "{marker}"]\n' for i in range(20))
-    (project / "plan.toml").write_text(
-        f'name = "f"\n[resources]\nmax_parallel_wave_tasks = 0\n[[waves]]\n{tasks}'
-    )
+    write_wave(project, [["sleep", marker]] * 20, cap=0)
     guards = Path(os.environ["KAS_STATE_DIR"]) / "guards"
-    runner = subprocess.Popen(
-        [KAS, "wave", "run", "--yes", "--json", "plan.toml"], cwd=project, stdout=subprocess.DEVNULL
-    )
+    runner = start_wave(project)
     try:
         wait_until(lambda: guards.is_dir() and any(p.suffix == ".pid" for p in guards.iterdir()))
         runner.send_signal(signal.SIGSTOP)
@@ -357,26 +346,14 @@ def test_stopping_a_pending_task_its_guard_already_started_ends_the_agent(projec
     subprocess.run([KAS, "instance", "list"], cwd=project, capture_output=True)  # recovers the others
     subprocess.run([KAS, "instance", "stop", "--all"], cwd=project, capture_output=True, timeout=60)
     time.sleep(0.5)
-    assert [p.pid for p in psutil.process_iter(["cmdline"]) if p.info["cmdline"] == ["sleep", marker]] == []
-
-
-def wait_until(check, timeout: float = 10) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "not within the time allowed"
-        time.sleep(0.001)
+    assert agents(marker) == []
 
 
 def test_requests_a_killed_zygote_never_served_go_to_a_new_one(project: Path) -> None:
     """A zygote killed as it starts takes the requests queued for it along (their report pipes close
     unanswered): each is asked again, once, of a new zygote, and every task runs."""
-    tasks = "".join(f'[[waves.tasks]]\nid = "t{i}"\ncommand = ["true"]\n' for i in range(30))
-    (project / "plan.toml").write_text(
-        f'name = "q"\n[resources]\nmax_parallel_wave_tasks = 0\n[[waves]]\n{tasks}'
-    )
-    runner = subprocess.Popen(
-        [KAS, "wave", "run", "--yes", "--json", "plan.toml"], cwd=project, stdout=subprocess.PIPE, text=True
-    )
+    write_wave(project, [["true"]] * 30, cap=0)
+    runner = start_wave(project)
     zygotes: list[psutil.Process] = []
     wait_until(
         lambda: bool(
@@ -386,27 +363,22 @@ def test_requests_a_killed_zygote_never_served_go_to_a_new_one(project: Path) ->
     )
     zygotes[0].kill()
     out, _ = runner.communicate(timeout=60)
-    events = [json.loads(line) for line in out.splitlines()]
-    assert [e["reason"] for e in events if e["event"] == "task_failed"] == []
+    assert [e["reason"] for e in events_of(out) if e["event"] == "task_failed"] == []
     assert runner.returncode == 0
 
 
 def test_a_task_stopped_with_instance_stop_is_stopped_in_the_run_and_in_its_row(project: Path) -> None:
     """`kas instance stop` says so before its signal goes, so the runner records a stop, not an exit with
     the signal's status, and the run and the registry agree."""
-    (project / "plan.toml").write_text(
-        'name = "s"\n[[waves]]\n[[waves.tasks]]\nid = "long"\ncommand = ["sleep", "60"]\n'
-    )
-    runner = subprocess.Popen(
-        [KAS, "wave", "run", "--yes", "--json", "plan.toml"], cwd=project, stdout=subprocess.PIPE, text=True
-    )
+    write_wave(project, [["sleep", "60"]])
+    runner = start_wave(project)
     assert runner.stdout is not None
     promoted = json.loads(next(line for line in runner.stdout if '"task_promoted"' in line))
     subprocess.run(
         [KAS, "instance", "stop", promoted["instance"]], cwd=project, capture_output=True, timeout=30
     )
     rest, _ = runner.communicate(timeout=30)
-    finished = next(e for e in map(json.loads, rest.splitlines()) if e["event"] == "task_finished")
+    finished = next(e for e in events_of(rest) if e["event"] == "task_finished")
     assert (finished["status"], finished["exit_status"]) == ("stopped", 143)
     row = json.loads(
         subprocess.run([KAS, "instance", "show", "--json", promoted["instance"]], cwd=project,
